@@ -1,0 +1,190 @@
+"""Experiment configs: Hydra composition, the plain trial config, and validation.
+
+An experiment is a primary config in `harness/conf/` (`birds_video.yaml`, ...). `compose` builds
+it with command-line overrides; `trial_config` cuts out what one trial of one method needs (a plain
+dict with absolute paths: what Ray Tune hands the trainable and what `best/<method>.yaml` holds);
+`validate_study` checks everything, search-space bounds included, before any expensive work.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.evaluate.occlusion import OCCLUSION_FILLS
+from harness.explain.video import VIDEO_EXPLAINERS
+from harness.methods import METHODS
+from harness.methods.crop import CROP_POLICIES
+from harness.search_space import check_space
+
+TRIAL_SECTIONS = ("data", "model", "method", "train", "evaluation")
+_HEADS = re.compile(r"^(all|nonempty|top[1-9][0-9]*)$")
+
+
+class ConfigError(ValueError):
+    """A config value is missing or wrong; the message names the source, the key and the
+    expectation."""
+
+
+def experiments() -> list[str]:
+    folder = resources.files("harness.conf")
+    return sorted(
+        p.name[: -len(".yaml")] for p in folder.iterdir()
+        if p.name.endswith(".yaml") and p.name != "base.yaml"
+    )  # fmt: skip
+
+
+def compose(experiment: str, overrides: list[str]) -> DictConfig:
+    if experiment not in experiments():
+        raise ConfigError(
+            f"unknown experiment {experiment!r}; expected one of: {', '.join(experiments())}"
+        )
+    try:
+        with initialize_config_module(config_module="harness.conf", version_base=None):
+            return hydra_compose(config_name=experiment, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"{experiment}: {error}") from None
+
+
+def resolve_paths(cfg: DictConfig) -> None:
+    """Make the study's paths absolute (trials run in other working folders, maybe other nodes)."""
+    cfg.study.output_dir = str(Path(cfg.study.output_dir).expanduser().resolve())
+    cfg.data.cache_dir = str(Path(cfg.data.cache_dir).expanduser().resolve())
+    if cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if not cfg.mlflow.tracking_uri:
+        cfg.mlflow.tracking_uri = f"sqlite:///{Path(cfg.study.output_dir) / 'mlflow.db'}"
+
+
+def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
+    """The plain config of one trial of `method`: seed, data, model, method, train, evaluation."""
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in TRIAL_SECTIONS
+              if key != "method"}  # fmt: skip
+    config["method"] = OmegaConf.to_container(cfg.methods[method], resolve=True)
+    config.update(experiment=cfg.experiment, modality=cfg.modality, seed=int(cfg.seed))
+    return config
+
+
+def _get(config: Mapping[str, Any], path: str) -> Any:
+    node: Any = config
+    for key in path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            raise KeyError(path)
+        node = node[key]
+    return node
+
+
+def _set(config: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        config = config[key]
+    config[leaf] = value
+
+
+def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> None:
+    """Raise ConfigError naming `source`, the key and what was expected, for the first bad value."""
+
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            try:
+                got = _get(config, key)
+            except KeyError:
+                got = "<missing>"
+            raise ConfigError(f"{source}: {key}: expected {expected}, got {got!r}")
+
+    for section in TRIAL_SECTIONS:
+        need(isinstance(config.get(section), Mapping), section, "a mapping")
+    data, model, method = config["data"], config["model"], config["method"]
+    train, evaluation = config["train"], config["evaluation"]
+    if data.get("root"):
+        need(Path(data["root"]).is_dir(), "data.root", "an existing folder")
+    need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
+    need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
+         f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+    need(evaluation.get("occlusion_value") in OCCLUSION_FILLS, "evaluation.occlusion_value",
+         f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
+    need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
+         "evaluation.occlusion_levels", "a non-empty list of fractions in [0, 1)")  # fmt: skip
+    need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
+    need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
+    need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
+    if data.get("synthetic") and not data.get("root"):
+        synthetic = data["synthetic"]
+        size = synthetic["frame_size"] // synthetic["downsample_factor"]
+        need(model.get("pretrained") or model.get("image_size") == size, "model.image_size",
+             f"data.synthetic.frame_size / downsample_factor = {size}")  # fmt: skip
+        need(
+            model.get("pretrained") or model.get("num_frames") == synthetic["num_frames"],
+            "model.num_frames",
+            f"data.synthetic.num_frames = {synthetic['num_frames']}",
+        )
+    if not model.get("pretrained"):
+        need(model["image_size"] % model["patch_size"] == 0, "model.patch_size",
+             f"a divisor of model.image_size ({model['image_size']})")  # fmt: skip
+    if method["name"] == "ifi":
+        need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
+        need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
+    if method["name"] == "et":
+        need(method.get("explainer") in VIDEO_EXPLAINERS, "method.explainer",
+             f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+        need(float(method.get("k", 0)) >= 0, "method.k", "K >= 0 (FEM threshold mu + K sigma)")
+        heads = method.get("heads", "all")
+        need(isinstance(heads, list) or bool(_HEADS.match(str(heads))), "method.heads",
+             "all, nonempty, top<n> or a list of head indices")  # fmt: skip
+        need(method.get("crop_policy") in CROP_POLICIES, "method.crop_policy",
+             f"one of {', '.join(CROP_POLICIES)}")  # fmt: skip
+        need(int(method.get("refresh_every", 0)) >= 1, "method.refresh_every", "an integer >= 1")
+        need(0 <= float(method.get("warmup_fraction", 0)) < 1, "method.warmup_fraction",
+             "a fraction in [0, 1)")  # fmt: skip
+        need(0 < float(method.get("threshold", 0.5)) <= 1, "method.threshold", "a number in (0, 1]")
+        need(float(method.get("full_input_weight", 0)) >= 0, "method.full_input_weight", ">= 0")
+
+
+def validate_study(cfg: DictConfig) -> None:
+    """Check the study: its methods, each method's trial config, and every search-space bound
+    (each choice and each end of each range is substituted into the trial config and checked)."""
+    methods = list(cfg.study.methods)
+    if not methods:
+        raise ConfigError("study.methods: expected at least one of " + ", ".join(METHODS))
+    for name in methods:
+        if name not in METHODS or name not in cfg.methods:
+            raise ConfigError(
+                f"study.methods: unknown method {name!r}; expected one of: {', '.join(METHODS)}"
+            )
+    if int(cfg.sweep.num_samples) < 1:
+        raise ConfigError(
+            f"sweep.num_samples: expected an integer >= 1, got {cfg.sweep.num_samples}"
+        )
+    if int(cfg.final.seeds) < 1:
+        raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
+    if cfg.data.root and not Path(cfg.data.root).is_dir():
+        raise ConfigError(f"data.root: expected an existing folder, got {cfg.data.root!r}")
+    for name in methods:
+        base = trial_config(cfg, name)
+        validate_trial_config(base, source=f"methods.{name}")
+        where = f"space.{name}"
+        try:
+            params = check_space(OmegaConf.to_container(cfg.space[name], resolve=True), where)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        for param in params:
+            try:
+                _get(base, param.path)
+            except KeyError:
+                raise ConfigError(
+                    f"{where}.{param.path}: not a key of the {name} trial config"
+                ) from None
+            for value in param.candidates:
+                candidate = copy.deepcopy(base)
+                _set(candidate, param.path, value)
+                validate_trial_config(candidate, source=f"{where}.{param.path} = {value!r}")

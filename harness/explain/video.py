@@ -1,0 +1,149 @@
+"""Model adapter: TimeSformer's divided space-time attention as per-step token-mixing matrices.
+
+The pure explainers of this package take a list of [B, H, N, N] attention matrices over one token
+set. TimeSformer (divided space-time) has no such matrix: each block runs a temporal attention per
+patch ([B, P, H, T, T], no class token) and then a spatial attention per frame
+([B, T, H, 1+P, 1+P], the class token copied into every frame). Both are linear token mixings of
+the same N = 1 + T*P tokens, so each is written exactly as an N x N matrix and the block becomes two
+rollout steps, temporal then spatial (each with its own residual, hence its own "+ I"):
+
+* tokens are numbered frame-major here: 0 is the class token, 1 + t*P + p is patch p of frame t
+  (transformers orders them patch-major internally; the adapter reorders);
+* temporal step: the class token is not attended (row 0 = e_0); row (t, p) holds the temporal
+  attention of patch p from frame t to every frame t' at the same patch p;
+* spatial step: row (t, p) holds frame t's spatial attention of patch p (to the class token and the
+  patches of frame t); the class token's output is the mean over frames of its per-frame outputs
+  (that is what TimeSformer computes), so row 0 is mean_t of the class rows: column 0 gets
+  mean_t a_t[0, 0] and column (t, q) gets a_t[0, 1+q] / T. The class token's value is the same in
+  every frame, so this matrix reproduces the block's mixing exactly.
+
+Gradients are mapped by the chain rule onto the same entries: d/dD[0, (t,q)] = T * d/da_t[0, 1+q]
+and d/dD[0, 0] = sum_t d/da_t[0, 0]; every other entry is copied. Hence A * dA (Rollout-Grad, TIBAV)
+is the same whether computed on the blocks or on the composed matrices.
+
+The result of every explainer is one relevance per (frame, patch): [B, T, h, w].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.explain import (
+    ATTENTION_EXPLAINERS,
+    EXPLAINERS,
+    FEATURE_EXPLAINERS,
+    NEEDS_GRADIENTS,
+    random_relevance,
+)
+from harness.models.video import DividedAttention, TimeSformerClassifier
+
+VIDEO_EXPLAINERS = EXPLAINERS
+
+
+@dataclass
+class Explanation:
+    relevance: torch.Tensor  # [B, T, h, w], detached
+    logits: torch.Tensor  # [B, num_classes], detached
+    target: torch.Tensor  # [B] the class that was explained
+
+
+def compose_temporal(temporal: torch.Tensor) -> torch.Tensor:
+    """[B, P, H, T, T] temporal attention -> [B, H, N, N] mixing matrix (class row = e_0)."""
+    B, P, H, T, _ = temporal.shape
+    blocks = temporal.permute(0, 2, 3, 1, 4)  # [B, H, t, p, t']
+    eye_p = torch.eye(P, dtype=temporal.dtype, device=temporal.device)
+    patches = (blocks.unsqueeze(-1) * eye_p[:, None, :]).reshape(B, H, T * P, T * P)
+    out = temporal.new_zeros(B, H, 1 + T * P, 1 + T * P)
+    out[:, :, 0, 0] = 1.0
+    out[:, :, 1:, 1:] = patches
+    return out
+
+
+def compose_spatial(spatial: torch.Tensor, *, gradient: bool = False) -> torch.Tensor:
+    """[B, T, H, 1+P, 1+P] spatial attention (or its gradient) -> [B, H, N, N]."""
+    B, T, H, _, Q = spatial.shape
+    P = Q - 1
+    s = spatial.permute(0, 2, 1, 3, 4)  # [B, H, T, 1+P, 1+P]
+    eye_t = torch.eye(T, dtype=spatial.dtype, device=spatial.device)
+    patches = s[..., 1:, 1:]  # [B, H, t, p, q], block-diagonal over frames
+    patches = (patches.unsqueeze(-2) * eye_t[:, None, :, None]).reshape(B, H, T * P, T * P)
+    out = spatial.new_zeros(B, H, 1 + T * P, 1 + T * P)
+    out[:, :, 1:, 1:] = patches
+    out[:, :, 1:, 0] = s[..., 1:, 0].reshape(B, H, T * P)
+    cls_row = s[..., 0, 1:].reshape(B, H, T * P)
+    if gradient:
+        out[:, :, 0, 0] = s[..., 0, 0].sum(-1)
+        out[:, :, 0, 1:] = cls_row * T
+    else:
+        out[:, :, 0, 0] = s[..., 0, 0].mean(-1)
+        out[:, :, 0, 1:] = cls_row / T
+    return out
+
+
+def compose_divided(attention: DividedAttention, *, gradient: bool = False) -> list[torch.Tensor]:
+    """Per block [temporal, spatial] mixing matrices, first block first: 2L tensors [B,H,N,N]."""
+    steps: list[torch.Tensor] = []
+    for temporal, spatial in zip(attention.temporal, attention.spatial):
+        steps.append(compose_temporal(temporal))
+        steps.append(compose_spatial(spatial, gradient=gradient))
+    return steps
+
+
+def tokens_to_grid(features: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """TimeSformer tokens [B, 1 + P*T, C] (patch-major, class first) -> [B, C, T, h, w]."""
+    T, h, w = grid
+    B, N, C = features.shape
+    if N != 1 + T * h * w:
+        raise ValueError(f"expected 1 + {T}*{h}*{w} tokens for grid {grid}, got {N}")
+    return features[:, 1:].reshape(B, h * w, T, C).permute(0, 3, 2, 1).reshape(B, C, T, h, w)
+
+
+def explain_video(
+    model: TimeSformerClassifier,
+    clips: torch.Tensor,
+    name: str,
+    *,
+    target: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **params: object,
+) -> Explanation:
+    """Explain `clips` [B, T, 3, S, S] with explainer `name`; relevance [B, T, h, w].
+
+    `target` is the class to explain (default: the predicted class); only the class-specific
+    explainers (gradient-based) use it. `params` go to the explainer (e.g. k, heads).
+    """
+    if name not in VIDEO_EXPLAINERS:
+        raise ValueError(
+            f"unknown explainer {name!r}; expected one of: {', '.join(VIDEO_EXPLAINERS)}"
+        )
+    T, h, w = model.grid
+    needs_grad = name in NEEDS_GRADIENTS
+    with torch.enable_grad() if needs_grad else torch.no_grad():
+        out = model(clips, capture=True)
+        logits = out.logits
+        if target is None:
+            target = logits.argmax(-1)
+        if name == "random":
+            relevance = random_relevance((clips.shape[0], T, h, w), generator)
+        elif name in ATTENTION_EXPLAINERS:
+            steps = compose_divided(out.attention)
+            fn = ATTENTION_EXPLAINERS[name]
+            if needs_grad:
+                score = logits.gather(1, target[:, None]).sum()
+                dsteps = compose_divided(out.attention.gradients(score), gradient=True)
+                flat = fn([s.detach() for s in steps], dsteps, **params)
+            else:
+                flat = fn(steps, **params)
+            relevance = flat.reshape(-1, T, h, w)
+        else:
+            features = tokens_to_grid(out.features.detach(), model.grid)
+            fn = FEATURE_EXPLAINERS[name]
+            if needs_grad:
+                score = logits.gather(1, target[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, out.features)
+                relevance = fn(features, tokens_to_grid(grad, model.grid), **params)
+            else:
+                relevance = fn(features, **params)
+    return Explanation(relevance.detach(), logits.detach(), target.detach())

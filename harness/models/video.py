@@ -1,0 +1,172 @@
+"""TimeSformer video classifier with both of its attentions captured.
+
+TimeSformer (Bertasius, Wang, Torresani, "Is Space-Time Attention All You Need for Video
+Understanding?", ICML 2021, https://arxiv.org/abs/2102.05095) with divided space-time attention:
+each block runs a temporal attention per spatial patch (over the T frames, no class token), then a
+spatial attention per frame (over the class token and the P patches of that frame).
+
+The implementation is `transformers`' `TimesformerForVideoClassification`. Its
+`output_attentions` returns only the spatial attentions, so this wrapper captures both with hooks
+on each block's `TimesformerSelfAttention` modules: a forward pre-hook asks the module for its
+attention probabilities and a forward hook keeps them. The captured tensors are the ones used in
+the forward graph, so gradients with respect to them are available (Rollout-Grad, TIBAV, IFI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+
+@dataclass
+class DividedAttention:
+    """Attention probabilities of every TimeSformer block, as the blocks computed them.
+
+    `captured` holds the tensors used in the forward graph (temporal then spatial, block by block):
+    take gradients with respect to them (`gradients`). Regrouped per clip:
+    temporal[l]: [B, P, H, T, T]  (query frame, key frame) for each spatial patch p;
+    spatial[l]:  [B, T, H, 1+P, 1+P]  (class token first) for each frame t.
+    Patches are numbered row-major on the (h, w) grid: p = row * w + col.
+    """
+
+    captured: list[torch.Tensor]
+    grid: tuple[int, int, int]  # (T, h, w)
+
+    @property
+    def temporal(self) -> list[torch.Tensor]:
+        T, h, w = self.grid
+        return [a.reshape(-1, h * w, *a.shape[1:]) for a in self.captured[0::2]]
+
+    @property
+    def spatial(self) -> list[torch.Tensor]:
+        return [a.reshape(-1, self.grid[0], *a.shape[1:]) for a in self.captured[1::2]]
+
+    def gradients(self, score: torch.Tensor, retain_graph: bool = False) -> DividedAttention:
+        """d score / d attention for every captured attention, in the same layout (detached)."""
+        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
+        return DividedAttention([g.detach() for g in grads], self.grid)
+
+
+@dataclass
+class VideoOutput:
+    logits: torch.Tensor  # [B, num_classes]
+    attention: DividedAttention | None = None
+    features: torch.Tensor | None = None  # last block's tokens [B, 1 + P*T, C] in TimeSformer order
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TimeSformerClassifier(nn.Module):
+    """`TimesformerForVideoClassification` that can return its temporal and spatial attentions.
+
+    Input clips are [B, T, 3, S, S] floats in [0, 1], normalised here with the ImageNet mean and
+    std (as TimeSformer's image processor does); T and S must equal the config's `num_frames` and
+    `image_size` (the transformers model silently mis-reshapes other frame counts).
+    """
+
+    def __init__(self, model: TimesformerForVideoClassification) -> None:
+        super().__init__()
+        config = model.config
+        if config.attention_type != "divided_space_time":
+            raise ValueError(
+                f"TimeSformer attention_type must be 'divided_space_time', got "
+                f"{config.attention_type!r}"
+            )
+        self.model = model
+        self.num_frames: int = config.num_frames
+        self.image_size: int = config.image_size
+        side = config.image_size // config.patch_size
+        self.grid: tuple[int, int, int] = (config.num_frames, side, side)
+        self._captured: list[torch.Tensor] | None = None
+        self.register_buffer(
+            "mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False
+        )
+        for layer in model.timesformer.encoder.layer:
+            for module in (layer.temporal_attention.attention, layer.attention.attention):
+                module.register_forward_pre_hook(self._ask_for_probabilities)
+                module.register_forward_hook(self._keep_probabilities)
+
+    @classmethod
+    def from_config(
+        cls,
+        num_classes: int,
+        *,
+        pretrained: str | None = None,
+        num_frames: int = 8,
+        image_size: int = 32,
+        patch_size: int = 8,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> TimeSformerClassifier:
+        """A small randomly initialised TimeSformer, or `pretrained` (a local path or hub name)
+        with a new classification head for `num_classes`."""
+        if pretrained:
+            model = TimesformerForVideoClassification.from_pretrained(
+                pretrained,
+                num_labels=num_classes,
+                ignore_mismatched_sizes=True,
+                attn_implementation="eager",
+            )
+            return cls(model)
+        config = TimesformerConfig(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_frames=num_frames,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=int(hidden_size * mlp_ratio),
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=0.0,
+            num_labels=num_classes,
+            attention_type="divided_space_time",
+        )
+        config._attn_implementation = "eager"
+        # transformers 5 annotates drop_path_rate as int and its strict config rejects 0.1:
+        # bypass the validating __setattr__ for this one field.
+        object.__setattr__(config, "drop_path_rate", float(drop_path))
+        return cls(TimesformerForVideoClassification(config))
+
+    def _ask_for_probabilities(self, module: nn.Module, args: tuple[Any, ...]) -> tuple | None:
+        if self._captured is None:
+            return None
+        return (args[0], True)
+
+    def _keep_probabilities(self, module: nn.Module, args: tuple, output: tuple) -> None:
+        if self._captured is not None:
+            self._captured.append(output[1])
+
+    def forward(self, clips: torch.Tensor, *, capture: bool = False) -> VideoOutput:
+        B, T, C, S, _ = clips.shape
+        if T != self.num_frames or S != self.image_size or clips.shape[-1] != S:
+            raise ValueError(
+                f"clips must be [B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] "
+                f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
+            )
+        pixels = (clips - self.mean) / self.std
+        if not capture:
+            return VideoOutput(logits=self.model(pixel_values=pixels).logits)
+        self._captured = []
+        try:
+            out = self.model(pixel_values=pixels, output_hidden_states=True)
+            probs = self._captured
+        finally:
+            self._captured = None
+        return VideoOutput(
+            logits=out.logits,
+            attention=DividedAttention(probs, self.grid),
+            features=out.hidden_states[-1],
+        )

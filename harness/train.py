@@ -1,0 +1,190 @@
+"""Train and evaluate one configuration: the body of every trial, and the final-training command.
+
+    python -m harness.train best/et.yaml [key=value ...] [--output DIR]
+
+trains the configuration in the file (as `harness.sweep` exports it) and prints its test accuracy
+and occlusion metrics. Inside a study, `trainables/` calls `train_and_evaluate` under Ray Tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from harness.data import iterate_batches, open_dataset
+from harness.evaluate import evaluate_accuracy, evaluate_occlusion
+from harness.methods import build_method
+from harness.models import build_model
+
+Report = Callable[[dict[str, float], Path | None], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def print_report(metrics: dict[str, float], artifacts: Path | None) -> None:
+    shown = {k: round(v, 4) for k, v in metrics.items() if not k.startswith("occ_") or "auc" in k}
+    print(json.dumps(shown), flush=True)
+
+
+def train_and_evaluate(
+    config: Mapping[str, Any], report: Report = print_report, artifacts_dir: Path | None = None
+) -> dict[str, float]:
+    """Train `config` for `train.epochs`, reporting after every epoch.
+
+    The last report adds the test accuracy, the occlusion metrics and (in `artifacts_dir`) the
+    model weights and an explanation gallery."""
+    train_cfg, eval_cfg = config["train"], config["evaluation"]
+    generator = seed_everything(int(config["seed"]))
+    if train_cfg.get("threads"):
+        torch.set_num_threads(int(train_cfg["threads"]))
+    device = resolve_device(str(train_cfg.get("device", "auto")))
+    dataset = open_dataset(config["data"])
+    model = build_model(config["model"], dataset.num_classes).to(device)
+    epochs = int(train_cfg["epochs"])
+    method = build_method(
+        config["method"], input_size=model.image_size, epochs=epochs,
+        evaluation_explainer=str(eval_cfg["explainer"]),
+    )  # fmt: skip
+    batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
+    train_idx, val_idx = dataset.indices("train"), dataset.indices("val")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg["weight_decay"])
+    )
+    steps = epochs * math.ceil(len(train_idx) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=float(train_cfg["lr"]), total_steps=max(steps, 1),
+        pct_start=float(train_cfg["warmup"]),
+    )  # fmt: skip
+
+    def train_batches():
+        return iterate_batches(dataset, train_idx, eval_batch_size, device=device)
+
+    metrics: dict[str, float] = {}
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        method.start_epoch(model, epoch, train_batches)
+        model.train()
+        loss_sum, correct = 0.0, 0
+        for batch in iterate_batches(
+            dataset, train_idx, batch_size, shuffle=True, generator=generator, device=device
+        ):
+            loss, logits = method.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.item() * len(batch.labels)
+            correct += (logits.argmax(1) == batch.labels).sum().item()
+        val = evaluate_accuracy(model, method, dataset, val_idx, eval_batch_size, device)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / len(train_idx),
+            "train_accuracy": correct / len(train_idx),
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        last = epoch == epochs - 1
+        if last:
+            metrics.update(
+                _final_metrics(model, method, dataset, eval_cfg, eval_batch_size, device)
+            )
+            if artifacts_dir is not None:
+                _save_artifacts(model, method, dataset, eval_cfg, artifacts_dir, device)
+        report(metrics, artifacts_dir if last else None)
+    return metrics
+
+
+def _final_metrics(model, method, dataset, eval_cfg, batch_size, device) -> dict[str, float]:
+    test_idx = dataset.indices("test")
+    test = evaluate_accuracy(model, method, dataset, test_idx, batch_size, device)
+    occlusion = evaluate_occlusion(model, method, dataset, test_idx, eval_cfg, batch_size, device)
+    return {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
+
+
+def _save_artifacts(model, method, dataset, eval_cfg, folder: Path, device) -> None:
+    from reports.gallery import save_gallery
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    rows = dataset.indices("test")[: int(eval_cfg["gallery_clips"])]
+    batch = next(iterate_batches(dataset, rows, len(rows), device=device))
+    model.eval()
+    relevance = method.explain(model, batch.clips)
+    with torch.enable_grad():
+        predicted = method.predict(model, batch.clips).argmax(1)
+    save_gallery(
+        method.view(batch.clips).cpu(), relevance.cpu(), batch.labels.cpu(), predicted.cpu(),
+        dataset.class_names, folder / f"gallery_{method.explainer}.png",
+        title=f"{method.name} / {method.explainer}" + (" (SYNTHETIC)" if dataset.synthetic else ""),
+    )  # fmt: skip
+
+
+def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """A trial config file (as `best/<method>.yaml`), with dotted `key=value` overrides."""
+    from harness.config import ConfigError, validate_trial_config
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    validate_trial_config(config, source=str(path))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.train",
+        description="Train and evaluate one exported configuration (e.g. a study's best/et.yaml) "
+        "and print its test accuracy and occlusion metrics.",
+    )
+    parser.add_argument("config", type=Path, help="a trial config YAML (e.g. <study>/best/et.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seed=3 train.epochs=5")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for the trained model and its explanation gallery",
+    )
+    args = parser.parse_args(argv)
+    from harness.config import ConfigError
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if config["data"].get("synthetic") is not None and not config["data"].get("root"):
+        print("note: training on the built-in SYNTHETIC data", flush=True)
+    metrics = train_and_evaluate(config, artifacts_dir=args.output)
+    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

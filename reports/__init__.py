@@ -1,0 +1,1 @@
+"""Report generators: comparison tables, explanation galleries."""

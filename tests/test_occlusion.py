@@ -1,0 +1,168 @@
+import math
+
+import pytest
+import torch
+
+from harness.evaluate.occlusion import (
+    OcclusionCurve,
+    apply_occlusion,
+    get_occlusion_fill,
+    occlusion_curve,
+    occlusion_mask,
+    seed_protocol_accuracy,
+    seed_protocol_mask,
+)
+
+
+def test_occlusion_mask_counts_positions_and_ties() -> None:
+    relevance = torch.tensor([[[0.1, 0.9, 0.5], [0.3, 0.9, 0.0]]])  # [1, 2, 3]
+    morf = occlusion_mask(relevance, 0.5)  # k = 3: 0.9 (idx 1), 0.9 (idx 4), 0.5 (idx 2)
+    assert morf.tolist() == [[[False, True, True], [False, True, False]]]
+    lerf = occlusion_mask(relevance, 0.34, most_relevant_first=False)  # k = round(2.04) = 2
+    assert lerf.tolist() == [[[True, False, False], [False, False, True]]]
+    assert not occlusion_mask(relevance, 0.0).any()
+    assert occlusion_mask(relevance, 1.0).all()
+    flat = torch.zeros(1, 1, 4)  # all tied: MoRF takes low indices, LeRF high ones
+    assert occlusion_mask(flat, 0.5).tolist() == [[[True, True, False, False]]]
+    assert occlusion_mask(flat, 0.5, False).tolist() == [[[False, False, True, True]]]
+    with pytest.raises(ValueError, match="fraction"):
+        occlusion_mask(relevance, 1.5)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.3, 0.4, 0.5])
+def test_morf_lerf_disjoint_and_complementary(fraction: float) -> None:
+    relevance = torch.randint(0, 3, (5, 4, 4)).float()  # many ties
+    morf = occlusion_mask(relevance, fraction)
+    lerf = occlusion_mask(relevance, fraction, most_relevant_first=False)
+    assert morf.flatten(1).sum(1).eq(round(fraction * 16)).all()
+    assert not (morf & lerf).any()
+    if fraction == 0.5:
+        assert (morf ^ lerf).all()
+
+
+def test_seed_protocol_mask() -> None:
+    relevance = torch.zeros(1, 4, 10)  # T = 4 frames, P = 10 patches
+    relevance[0, :, [7, 2, 5]] = torch.tensor([3.0, 2.0, 1.0])  # spatial ranking 7 > 2 > 5
+    relevance[0, 1] += 1.0  # frame ranking 1 > 0 = 2 = 3 (ties -> lower index)
+    morf = seed_protocol_mask(relevance)  # 3 patches + 2 frames
+    expected = torch.zeros(1, 4, 10, dtype=torch.bool)
+    expected[0, :, [7, 2, 5]] = True
+    expected[0, [1, 0]] = True
+    assert morf.equal(expected)
+    lerf = seed_protocol_mask(relevance, 0.3, 2, most_relevant_first=False)
+    expected = torch.zeros(1, 4, 10, dtype=torch.bool)
+    expected[0, :, [6, 8, 9]] = True  # least relevant patches: zero ones, highest index last
+    expected[0, [2, 3]] = True
+    assert lerf.equal(expected)
+
+
+def test_apply_occlusion_values_at_masked_pixels() -> None:
+    torch.manual_seed(0)
+    clips = torch.rand(2, 2, 3, 8, 8) + 1.0
+    mask = torch.zeros(2, 2, 4, dtype=torch.bool)
+    mask[0, 1, 2] = True  # frame 1, patch (1, 0): rows 4:8, cols 0:4
+    mask[1, 0, 1] = True  # frame 0, patch (0, 1): rows 0:4, cols 4:8
+    pixels = torch.zeros(2, 2, 1, 8, 8, dtype=torch.bool)
+    pixels[0, 1, :, 4:8, 0:4] = True
+    pixels[1, 0, :, 0:4, 4:8] = True
+    pixels = pixels.expand_as(clips)
+    for value in ("zero", "mean", "blur"):
+        out = apply_occlusion(clips, mask, (2, 2), value)
+        assert out[~pixels].equal(clips[~pixels])
+        assert not torch.isclose(out[pixels], clips[pixels]).any()
+    zero = apply_occlusion(clips, mask, (2, 2), "zero")
+    assert (zero[pixels] == 0).all()
+    mean = apply_occlusion(clips, mask, (2, 2), "mean")
+    channel_mean = clips.mean(dim=(1, 3, 4))  # [B, C]
+    torch.testing.assert_close(mean[0, 1, :, 5, 1], channel_mean[0])
+    torch.testing.assert_close(mean[1, 0, :, 0, 7], channel_mean[1])
+    with pytest.raises(ValueError, match="unknown occlusion value 'x'; expected one of: zero"):
+        get_occlusion_fill("x")
+    with pytest.raises(ValueError, match="mask shape"):
+        apply_occlusion(clips, mask, (3, 1))
+
+
+def planted(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips [B, T, 1, 2h, 2w] that are 1 on the region tokens [B, T, h, w], else 0, and a
+    2-class "model" with p(class 1) = fraction of the region's pixel mass left."""
+    clips = region.float().repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, None]
+    mass = clips.sum(dim=(1, 2, 3, 4))
+
+    def predict_proba(x: torch.Tensor) -> torch.Tensor:
+        p = x.sum(dim=(1, 2, 3, 4)) / mass
+        return torch.stack([1 - p, p], dim=1)
+
+    return clips, predict_proba
+
+
+def test_occlusion_curve_hand_computed() -> None:
+    region = torch.zeros(2, 2, 2, 2, dtype=torch.bool)  # B = 2, T = 2, 2x2 grid: N = 8 tokens
+    region[0].view(-1)[[1, 4, 6]] = True  # 3 planted tokens
+    region[1].view(-1)[[0, 2, 3, 5, 7]] = True  # 5 planted tokens
+    clips, predict_proba = planted(region)
+    relevance = region.float().flatten(2)  # perfect relevance [B, T, P]
+    labels = torch.ones(2, dtype=torch.long)
+    levels = (0.0, 0.25, 0.5, 0.75)  # k = 0, 2, 4, 6 tokens
+    curve = occlusion_curve(predict_proba, clips, labels, relevance, (2, 2), levels)
+    # MoRF tokens left: s0 3,1,0,0 (p 1,1/3,0,0); s1 5,3,1,0 (p 1,.6,.2,0)
+    # LeRF tokens left: s0 3,3,3,2 (p 1,1,1,2/3); s1 5,5,4,2 (p 1,1,.8,.4)
+    assert curve.morf_accuracy == [1.0, 0.5, 0.0, 0.0]
+    assert curve.lerf_accuracy == [1.0, 1.0, 1.0, 0.5]
+    assert curve.morf_probability == pytest.approx([1.0, (1 / 3 + 0.6) / 2, 0.1, 0.0])
+    assert curve.lerf_probability == pytest.approx([1.0, 1.0, 0.9, (2 / 3 + 0.4) / 2])
+    assert curve.morf_auc == pytest.approx(0.25 * (0.75 + 0.25) / 0.75)
+    assert curve.lerf_auc == pytest.approx(0.25 * (1 + 1 + 0.75) / 0.75)
+    assert curve.gap == pytest.approx(curve.lerf_auc - curve.morf_auc)
+    metrics = curve.as_metrics()
+    assert metrics["occ_morf_auc"] == curve.morf_auc
+    assert metrics["occ_gap"] == curve.gap
+    assert metrics["occ_morf_acc_25"] == 0.5
+    assert metrics["occ_lerf_acc_75"] == 0.5
+    assert metrics["occ_lerf_prob_50"] == pytest.approx(0.9)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    # predict_proba normalises by the full batch's masses: rebuild per-sample models
+    halves = [
+        occlusion_curve(planted(region[i : i + 1])[1], clips[i : i + 1], labels[i : i + 1],
+                        relevance[i : i + 1], (2, 2), levels)
+        for i in (0, 1)
+    ]  # fmt: skip
+    merged = OcclusionCurve.merge(halves)
+    assert merged.count == 2
+    assert merged.morf_accuracy == curve.morf_accuracy
+    assert merged.lerf_probability == pytest.approx(curve.lerf_probability)
+
+
+def test_planted_relevance_beats_random_and_call_count() -> None:
+    gen = torch.Generator().manual_seed(0)
+    region = torch.rand(16, 4, 4, 4, generator=gen) < 0.3
+    clips, model = planted(region)
+    calls = []
+
+    def predict_proba(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return model(x)
+
+    labels = torch.ones(16, dtype=torch.long)
+    perfect = region.float().flatten(2) + 0.01 * torch.rand(16, 4, 16, generator=gen)
+    noise = torch.rand(16, 4, 16, generator=gen)
+    good = occlusion_curve(predict_proba, clips, labels, perfect, (4, 4))
+    assert calls == [16] * 19  # 1 + 2 * (10 - 1), each over the whole batch
+    bad = occlusion_curve(predict_proba, clips, labels, noise, (4, 4))
+    assert good.gap > bad.gap + 0.3
+    assert good.morf_auc < bad.morf_auc and good.lerf_auc > bad.lerf_auc
+
+
+def test_seed_protocol_accuracy() -> None:
+    region = torch.zeros(2, 4, 2, 2, dtype=torch.bool)
+    region[:, 1:3, 0, :] = True  # frames 1, 2, top row: 4 tokens
+    clips, predict_proba = planted(region)
+    relevance = region.float().flatten(2)  # P = 4: 1 patch (round(1.2)) + 2 frames
+    labels = torch.ones(2, dtype=torch.long)
+    calls = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return predict_proba(x)
+
+    assert seed_protocol_accuracy(counted, clips, labels, relevance, (2, 2)) == (0.0, 1.0)
+    assert len(calls) == 2

@@ -1,0 +1,62 @@
+"""The study CLI: bad overrides stop with a clear message before Ray starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.config import ConfigError, compose, resolve_paths, validate_study
+from harness.sweep import main
+
+
+def _validate(*overrides):
+    cfg = compose("birds_video", list(overrides))
+    resolve_paths(cfg)
+    validate_study(cfg)
+    return cfg
+
+
+def test_default_and_smoke_studies_are_valid():
+    assert _validate().sweep.num_samples > _validate("sweep=smoke").sweep.num_samples
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("study.methods=[vanilla,boosting]", "study.methods: unknown method 'boosting'"),
+        ("methods.et.k=-1", "method.k: expected K >= 0"),
+        ("space.et.method.k.low=-0.5", r"space.et.method.k = -0.5: method.k: expected K >= 0"),
+        ("data.root=/no/such/folder", "data.root: expected an existing folder"),
+        ("methods.et.crop_policy=zoom", "method.crop_policy: expected one of largest_region"),
+        ("space.et.method.explainer.choices=[rollout,magic]", "method.explainer: expected one of"),
+        ("methods.et.heads=best", "method.heads: expected all, nonempty, top<n>"),
+        ("space.ifi.method.weight.low=5", "low \\(5\\) must not exceed high"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        _validate(override)
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown experiment 'birds_audio'.*birds_video"):
+        compose("birds_audio", [])
+
+
+def test_cli_exits_2_before_starting_ray(capsys):
+    import ray
+
+    assert main(["birds_video", "methods.et.k=-2"]) == 2
+    assert "error: methods.et: method.k: expected K >= 0" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("tool", ["sweep", "train"])
+def test_help_works(tool):
+    result = subprocess.run(
+        [sys.executable, "-m", f"harness.{tool}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "usage: python -m harness." + tool in result.stdout
