@@ -12,7 +12,6 @@ Outputs under `study.output_dir`: `report/` (comparison.md/.csv/.tex, per-method
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -86,16 +85,22 @@ class _Engine:
     resources: dict[str, float]
     concurrent: int
 
-    def fit(self, name: str, param_space: dict[str, Any], stage: str, method: str, **tune_config):
+    def fit(self, name: str, trainable, param_space: dict[str, Any], tags: dict[str, str],
+            **tune_config):  # fmt: skip
         from ray import tune
 
         from harness.tracking import log_trial_artifacts, trial_callback
 
         mlflow_cfg = self.cfg.mlflow
         tuner = tune.Tuner(
-            tune.with_resources(self.trainable, self.resources),
+            tune.with_resources(trainable, self.resources),
             param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrent, **tune_config),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=self.concurrent,
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=True,  # a trial actor imports torch + transformers once, not per trial
+                **tune_config,
+            ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(Path(self.cfg.study.output_dir) / "ray"),
@@ -104,11 +109,10 @@ class _Engine:
                         mlflow_cfg.tracking_uri,
                         mlflow_cfg.experiment_name,
                         self.parent_run_id,
-                        {**self.tags, "method": method, "stage": stage},
+                        {**self.tags, **tags},
                     )
-                ],  # fmt: skip
+                ],
                 failure_config=tune.FailureConfig(max_failures=0),
-                trial_dirname_creator=_trial_dirname,
                 verbose=1,
             ),
         )
@@ -133,19 +137,33 @@ class _Engine:
             ),
         )
         grid = self.fit(
-            f"search-{method}", trial_config(cfg, method), "search", method,
-            search_alg=searcher, num_samples=int(cfg.sweep.num_samples),
-            metric=cfg.sweep.metric, mode=cfg.sweep.mode,
-        )  # fmt: skip
+            f"search-{method}",
+            self.trainable,
+            trial_config(cfg, method),
+            {"stage": "search", "method": method},
+            search_alg=searcher,
+            num_samples=int(cfg.sweep.num_samples),
+            metric=cfg.sweep.metric,
+            mode=cfg.sweep.mode,
+        )
         return grid, params
 
-    def final(self, method: str, best: dict[str, Any]):
-        """The best configuration re-trained on seeds 0 .. final.seeds-1."""
+    def final(self, best: dict[str, dict[str, Any]]):
+        """Each method's best configuration re-trained on seeds 0 .. final.seeds-1, in one Tuner
+        (trials of all methods share the trial actors). Trials get {method, seed}; the configs
+        travel with the trainable."""
         from ray import tune
 
-        space = copy.deepcopy(best)
-        space["seed"] = tune.grid_search(list(range(int(self.cfg.final.seeds))))
-        return self.fit(f"final-{method}", space, "final", method, num_samples=1)
+        space = {
+            "method": tune.grid_search(list(best)),
+            "seed": tune.grid_search(list(range(int(self.cfg.final.seeds)))),
+        }
+        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=best)
+        return self.fit("final", trainable, space, {"stage": "final"}, num_samples=1)
+
+
+def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) -> None:
+    run({**configs[config["method"]], "seed": config["seed"]})
 
 
 def _finished(grid) -> list:
@@ -186,22 +204,27 @@ def run_study(cfg: DictConfig) -> Path:
     )  # fmt: skip
     _init_ray(cfg)
     engine = _Engine(cfg, parent, tags, TRAINABLES[cfg.modality], *_resources(cfg))
-    summaries = []
+    summaries, best_configs = {}, {}
     for method in cfg.study.methods:
         grid, params = engine.search(method)
-        finished = _finished(grid)
         (out / "report").mkdir(parents=True, exist_ok=True)
         grid.get_dataframe().to_csv(out / "report" / f"trials_{method}.csv", index=False)
+        finished = _finished(grid)
         summary = MethodSummary(method, len(grid), len(grid) - len(finished), math.nan, {})
         if finished:
             best = max(finished, key=lambda r: r.metrics[cfg.sweep.metric])
             summary.best_val_accuracy = float(best.metrics[cfg.sweep.metric])
             summary.best_params = _searched_values(best.config, params)
+            best_configs[method] = best.config
             _export_best(out / "best" / f"{method}.yaml", best.config, method,
                          summary.best_val_accuracy, dataset.synthetic)  # fmt: skip
-            final = engine.final(method, best.config)
-            summary.final_runs = [{"seed": r.config["seed"], **r.metrics} for r in _finished(final)]
-        summaries.append(summary)
+        summaries[method] = summary
+    if best_configs:
+        for result in _finished(engine.final(best_configs)):
+            summaries[result.config["method"]].final_runs.append(
+                {**result.metrics, "seed": result.config["seed"]}
+            )
+    summaries = list(summaries.values())
     table = comparison_table(summaries, dataset.name, dataset.synthetic)
     elapsed = time.perf_counter() - started
     notes = {
