@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import TimesformerConfig, TimesformerForVideoClassification
+from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
 
 @dataclass
@@ -135,10 +136,14 @@ class TimeSformerClassifier(nn.Module):
             attention_type="divided_space_time",
         )
         config._attn_implementation = "eager"
-        # transformers 5 annotates drop_path_rate as int and its strict config rejects 0.1:
-        # bypass the validating __setattr__ for this one field.
-        object.__setattr__(config, "drop_path_rate", float(drop_path))
-        return cls(TimesformerForVideoClassification(config))
+        model = TimesformerForVideoClassification(config)
+        # Stochastic depth with TimeSformer's linear decay rule, set on the modules: transformers 5
+        # annotates `drop_path_rate` as int, so a config holding 0.1 would not load back.
+        for rate, layer in zip(
+            torch.linspace(0, drop_path, num_layers).tolist(), model.timesformer.encoder.layer
+        ):
+            layer.drop_path = TimesformerDropPath(rate) if rate > 0 else nn.Identity()
+        return cls(model)
 
     def _ask_for_probabilities(self, module: nn.Module, args: tuple[Any, ...]) -> tuple | None:
         if self._captured is None:

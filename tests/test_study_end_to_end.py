@@ -1,0 +1,84 @@
+"""The whole smoke study through the real stack: Hydra, Ray Tune (local, 2 CPUs), Optuna TPE,
+MLflow (a SQLite store in a temporary folder), then the final-training command on an export."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+METHODS = ("vanilla", "ifi", "et")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
+         f"study.output_dir={out}", f"data.cache_dir={out / 'cache'}", "ray.num_cpus=2"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_report_has_one_row_per_method_labelled_synthetic(study):
+    markdown = (study / "report" / "comparison.md").read_text()
+    assert "SYNTHETIC DATA" in markdown
+    rows = list(csv.DictReader((study / "report" / "comparison.csv").open()))
+    assert [r["method"] for r in rows] == list(METHODS)
+    for row in rows:
+        assert row["synthetic"] == "True" and row["data"] == "birds_synthetic"
+        assert 0.0 <= float(row["test_acc_mean"]) <= 1.0
+        assert int(row["trials"]) == 2 and int(row["seeds"]) == 1
+        for key in ("occ_morf_auc", "occ_lerf_auc", "occ_seed_morf_acc"):
+            assert 0.0 <= float(row[key]) <= 1.0
+    assert (study / "report" / "comparison.tex").read_text().startswith("\\begin{table}")
+
+
+def test_best_configs_are_complete_trial_configs(study):
+    for method in METHODS:
+        text = (study / "best" / f"{method}.yaml").read_text()
+        assert "SYNTHETIC" in text.splitlines()[2]
+        config = yaml.safe_load(text)
+        assert config["method"]["name"] == method
+        assert {"data", "model", "train", "evaluation", "seed"} <= set(config)
+
+
+def test_mlflow_holds_a_parent_and_a_child_per_trial(study):
+    client = mlflow.MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("et-harness-birds_video")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    search = [r for r in children if r.data.tags["stage"] == "search"]
+    final = [r for r in children if r.data.tags["stage"] == "final"]
+    assert len(search) == 2 * len(METHODS) and len(final) == len(METHODS)
+    assert sorted(r.data.tags["method"] for r in search) == sorted(METHODS * 2)
+    for run in search + final:
+        assert {"val_accuracy", "train_loss", "occ_morf_auc", "occ_lerf_auc", "occ_gap"} <= set(
+            run.data.metrics
+        )
+        assert run.data.tags["synthetic"] == "True"
+    artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
+    assert "model.pt" in artifacts and any(p.startswith("gallery_") for p in artifacts)
+    assert "comparison.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+def test_final_training_command_trains_an_export(study, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.train", str(study / "best" / "et.yaml"),
+         "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SYNTHETIC" in result.stdout
+    accuracy = float(result.stdout.strip().splitlines()[-1].split(":")[1])
+    assert 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "model.pt").is_file()
