@@ -64,6 +64,8 @@ def resolve_paths(cfg: DictConfig) -> None:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if not cfg.mlflow.tracking_uri:
         cfg.mlflow.tracking_uri = f"sqlite:///{Path(cfg.study.output_dir) / 'mlflow.db'}"
+    if not cfg.sweep.optuna_storage:
+        cfg.sweep.optuna_storage = f"sqlite:///{Path(cfg.study.output_dir) / 'optuna.db'}"
 
 
 def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
@@ -118,16 +120,17 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
-    if data.get("synthetic") and not data.get("root"):
+    if data.get("root"):
+        need(int(data.get("frame_size", 0)) >= int(model.get("image_size", 0)), "data.frame_size",
+             f"at least model.image_size ({model.get('image_size')}), ET crops it")  # fmt: skip
+    elif data.get("synthetic"):
         synthetic = data["synthetic"]
         size = synthetic["frame_size"] // synthetic["downsample_factor"]
         need(model.get("pretrained") or model.get("image_size") == size, "model.image_size",
              f"data.synthetic.frame_size / downsample_factor = {size}")  # fmt: skip
-        need(
-            model.get("pretrained") or model.get("num_frames") == synthetic["num_frames"],
-            "model.num_frames",
-            f"data.synthetic.num_frames = {synthetic['num_frames']}",
-        )
+    frames = data.get("num_frames", data.get("synthetic", {}).get("num_frames"))
+    need(model.get("pretrained") or model.get("num_frames") == frames, "model.num_frames",
+         f"data.num_frames = {frames}")  # fmt: skip
     if not model.get("pretrained"):
         need(model["image_size"] % model["patch_size"] == 0, "model.patch_size",
              f"a divisor of model.image_size ({model['image_size']})")  # fmt: skip
@@ -165,6 +168,8 @@ def validate_study(cfg: DictConfig) -> None:
         raise ConfigError(
             f"sweep.num_samples: expected an integer >= 1, got {cfg.sweep.num_samples}"
         )
+    if cfg.sweep.scheduler not in ("none", "asha"):
+        raise ConfigError(f"sweep.scheduler: expected none or asha, got {cfg.sweep.scheduler!r}")
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
     if cfg.data.root and not Path(cfg.data.root).is_dir():

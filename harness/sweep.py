@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import (
     ConfigError,
@@ -32,7 +33,8 @@ from harness.config import (
     trial_config,
     validate_study,
 )
-from harness.data import prepare_dataset
+from harness.data import VideoDataset, prepare_dataset
+from harness.data.folders import DatasetError
 from harness.search_space import check_space, define_by_run
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
@@ -67,6 +69,29 @@ def _resources(cfg: DictConfig) -> tuple[dict[str, float], int]:
         fit = min(fit, int(total.get("GPU", 0) / float(gpus)))
     concurrent = int(cfg.sweep.max_concurrent or max(fit, 1))
     return {"cpu": cpus, "gpu": float(gpus)}, concurrent
+
+
+class _OptunaSearch(OptunaSearch):
+    """Ray Tune's OptunaSearch, telling Optuna that a trial stopped early by the scheduler was
+    PRUNED (its last score reported as an intermediate value at its epoch) rather than COMPLETE
+    with that partial score: TPE then ranks it below every completed trial (pruned trials among
+    themselves by how far they got, then by score) instead of taking an early, usually lower,
+    validation accuracy as that configuration's final result."""
+
+    def __init__(self, *, epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._epochs = epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        stopped_early = bool(result) and not error and result["epoch"] < self._epochs
+        if not stopped_early or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        import optuna
+
+        trial = self._ot_trials[trial_id]
+        trial.report(result[self.metric], step=result["epoch"])
+        self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
 
 
 def _trial_dirname(trial) -> str:
@@ -112,7 +137,7 @@ class _Engine:
                         {**self.tags, **tags},
                     )
                 ],
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=int(self.cfg.sweep.max_failures)),
                 verbose=1,
             ),
         )
@@ -121,27 +146,40 @@ class _Engine:
         return grid
 
     def search(self, method: str):
-        """Optuna TPE over the method's space, trials run by Ray Tune."""
+        """Optuna TPE over the method's space, trials run by Ray Tune (ASHA stops the weak ones
+        early when `sweep.scheduler=asha`)."""
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.schedulers import ASHAScheduler
 
         cfg = self.cfg
         space = OmegaConf.to_container(cfg.space[method], resolve=True)
         params = check_space(space, f"space.{method}")
-        searcher = OptunaSearch(
+        searcher = _OptunaSearch(
+            epochs=int(cfg.train.epochs),
             space=define_by_run(params),
             metric=cfg.sweep.metric,
             mode=cfg.sweep.mode,
             sampler=optuna.samplers.TPESampler(
                 seed=int(cfg.sweep.sampler_seed), n_startup_trials=int(cfg.sweep.startup_trials)
             ),
+            storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
+            study_name=f"{cfg.study.name}-{method}",
         )
+        scheduler = None
+        if cfg.sweep.scheduler == "asha":
+            scheduler = ASHAScheduler(
+                time_attr="epoch",
+                max_t=int(cfg.train.epochs),
+                grace_period=int(cfg.sweep.asha.grace_period),
+                reduction_factor=float(cfg.sweep.asha.reduction_factor),
+            )
         grid = self.fit(
             f"search-{method}",
             self.trainable,
             trial_config(cfg, method),
             {"stage": "search", "method": method},
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=int(cfg.sweep.num_samples),
             metric=cfg.sweep.metric,
             mode=cfg.sweep.mode,
@@ -166,6 +204,12 @@ def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) ->
     run({**configs[config["method"]], "seed": config["seed"]})
 
 
+def _reason(error: BaseException) -> str:
+    """The original exception's last line (Ray wraps it with the remote traceback)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _finished(grid) -> list:
     return [r for r in grid if r.error is None and r.metrics and "test_accuracy" in r.metrics]
 
@@ -184,17 +228,22 @@ def _export_best(
     path.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
 
 
-def run_study(cfg: DictConfig) -> Path:
-    """Run the study described by `cfg` (already composed and validated); returns the report
-    folder."""
+def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
+    """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
+    from `cfg.data` when not given); returns the report folder."""
     from harness.tracking import finish_study_run, start_study_run
-    from reports.comparison import MethodSummary, comparison_table, write_comparison
+    from reports.comparison import (
+        MethodSummary,
+        comparison_table,
+        failures_table,
+        write_comparison,
+    )
     from trainables import TRAINABLES
 
     started = time.perf_counter()
     out = Path(cfg.study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = prepare_dataset(cfg.data)  # generated/decoded once; trials memory-map the cache
+    dataset = dataset or prepare_dataset(cfg.data)  # once, in the driver; trials memory-map it
     print(f"data: {dataset.name} ({len(dataset.labels)} clips, {dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
     tags = {"experiment": cfg.experiment, "data": dataset.name, "synthetic": str(dataset.synthetic)}
@@ -211,6 +260,7 @@ def run_study(cfg: DictConfig) -> Path:
         grid.get_dataframe().to_csv(out / "report" / f"trials_{method}.csv", index=False)
         finished = _finished(grid)
         summary = MethodSummary(method, len(grid), len(grid) - len(finished), math.nan, {})
+        summary.failures = [(Path(r.path).name, _reason(r.error)) for r in grid if r.error]
         if finished:
             best = max(finished, key=lambda r: r.metrics[cfg.sweep.metric])
             summary.best_val_accuracy = float(best.metrics[cfg.sweep.metric])
@@ -238,7 +288,7 @@ def run_study(cfg: DictConfig) -> Path:
         f"parent run {parent})",
     }
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
-    paths = write_comparison(table, out / "report", title, notes)
+    paths = write_comparison(table, out / "report", title, notes, failures_table(summaries))
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
     finish_study_run(cfg.mlflow.tracking_uri, parent, {"wall_seconds": round(elapsed)},
                      {k: v for k, v in metrics.items() if v == v}, out / "report")  # fmt: skip
@@ -286,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    run_study(cfg)
+    try:
+        dataset = prepare_dataset(cfg.data)  # a bad data folder stops here, before Ray starts
+    except (DatasetError, FileNotFoundError) as error:
+        print(f"error: data.root: {error}", file=sys.stderr)
+        return 2
+    run_study(cfg, dataset)
     return 0
 
 

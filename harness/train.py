@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from harness.data import iterate_batches, open_dataset
+from harness.data.folders import DatasetError
 from harness.evaluate import evaluate_accuracy, evaluate_occlusion
 from harness.methods import build_method
 from harness.models import build_model
@@ -115,7 +117,7 @@ def train_and_evaluate(
                 _final_metrics(model, method, dataset, eval_cfg, eval_batch_size, device)
             )
             if artifacts_dir is not None:
-                _save_artifacts(model, method, dataset, eval_cfg, artifacts_dir, device)
+                _save_artifacts(config, model, method, dataset, eval_cfg, artifacts_dir, device)
         report(metrics, artifacts_dir if last else None)
     return metrics
 
@@ -127,11 +129,14 @@ def _final_metrics(model, method, dataset, eval_cfg, batch_size, device) -> dict
     return {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
 
 
-def _save_artifacts(model, method, dataset, eval_cfg, folder: Path, device) -> None:
+def _save_artifacts(config, model, method, dataset, eval_cfg, folder: Path, device) -> None:
+    """model.pt (state dict), config.yaml (the trial config: the folder is self-describing) and an
+    explanation gallery of a few test clips."""
     from reports.gallery import save_gallery
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
     rows = dataset.indices("test")[: int(eval_cfg["gallery_clips"])]
     batch = next(iterate_batches(dataset, rows, len(rows), device=device))
     model.eval()
@@ -178,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        open_dataset(config["data"])  # a bad data folder stops here, with the file named
+    except (DatasetError, FileNotFoundError) as error:
+        print(f"error: data.root: {error}", file=sys.stderr)
         return 2
     if config["data"].get("synthetic") is not None and not config["data"].get("root"):
         print("note: training on the built-in SYNTHETIC data", flush=True)

@@ -32,6 +32,7 @@ class MethodSummary:
     best_val_accuracy: float
     best_params: dict[str, Any]
     final_runs: list[dict[str, float]] = field(default_factory=list)  # one per seed, with "seed"
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
 
 
 def _paired_p(a: Sequence[float], b: Sequence[float]) -> float:
@@ -103,14 +104,21 @@ def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return shown
 
 
+def failures_table(summaries: Sequence[MethodSummary]) -> pd.DataFrame:
+    rows = [{"method": s.method, "trial": t, "reason": r} for s in summaries for t, r in s.failures]
+    return pd.DataFrame(rows, columns=["method", "trial", "reason"])
+
+
 def write_comparison(
     table: pd.DataFrame,
     folder: Path,
     title: str,
     notes: Mapping[str, str],
+    failures: pd.DataFrame | None = None,
     baseline: str = "vanilla",
 ) -> dict[str, Path]:
-    """comparison.md / .tex / .csv in `folder`; the SYNTHETIC label heads every file."""
+    """comparison.md / .tex / .csv in `folder` (and failed_trials.csv); the SYNTHETIC label heads
+    every file."""
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = bool(table["synthetic"].any())
     label = "SYNTHETIC DATA: built-in generator, not a real dataset. " if synthetic else ""
@@ -128,6 +136,9 @@ def write_comparison(
         "least-relevant-first (LeRF); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol "
         "(30% of spatial patches and 2 frames).",
     ]
+    if failures is not None and len(failures):
+        lines += ["", "## Failed trials", "", failures.to_markdown(index=False)]
+        failures.to_csv(folder / "failed_trials.csv", index=False)
     paths = {
         "md": folder / "comparison.md",
         "csv": folder / "comparison.csv",

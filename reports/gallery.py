@@ -1,4 +1,8 @@
-"""Explanation galleries: frames of a few clips with an explainer's relevance over them."""
+"""Explanation galleries: frames of a few clips with an explainer's relevance over them.
+
+`save_gallery`: a PNG grid (one row per clip, one column per frame); `save_clip_gif`: an animated
+GIF of one clip, its frames in turn with the heatmap over them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+
+def _heat(relevance: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, T, h, w] -> [B, T, size, size]: bilinear upsampling, each clip divided by its max."""
+    heat = F.interpolate(relevance.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
 
 
 def save_gallery(
@@ -25,8 +37,7 @@ def save_gallery(
     """PNG grid: one row per clip [T, 3, S, S], one column per frame, relevance [T, h, w]
     (normalised per clip, bilinearly upsampled) drawn over each frame."""
     B, T, _, S, _ = clips.shape
-    heat = F.interpolate(relevance.float(), size=(S, S), mode="bilinear", align_corners=False)
-    heat = heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
+    heat = _heat(relevance, S)
     fig, axes = plt.subplots(B, T, figsize=(1.4 * T, 1.5 * B + 0.4), squeeze=False)
     for b in range(B):
         for t in range(T):
@@ -42,4 +53,47 @@ def save_gallery(
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return path
+
+
+def save_clip_gif(
+    clip: torch.Tensor,
+    relevance: torch.Tensor,
+    path: Path,
+    title: str = "",
+    *,
+    fps: float = 2.0,
+    min_side: int = 192,
+    alpha: float = 0.45,
+) -> Path:
+    """Animated GIF of one clip [T, 3, S, S] (floats in [0, 1]), drawn with PIL: frame t with
+    relevance [T, h, w] over it (bilinearly upsampled, normalised by the clip's max and coloured
+    as in `save_gallery`), enlarged (nearest) to at least `min_side` px, under a caption band with
+    `title` (may hold newlines) and "frame t/T"; loops forever."""
+    T, _, S, _ = clip.shape
+    if relevance.shape[0] != T:
+        raise ValueError(f"relevance has {relevance.shape[0]} frames, the clip {T}")
+    heat = _heat(relevance[None], S)[0].clamp(0, 1).numpy()
+    colours = matplotlib.colormaps["jet"](heat)[..., :3]  # [T, S, S, 3]
+    frames = clip.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+    blended = np.rint(255 * ((1 - alpha) * frames + alpha * colours)).astype(np.uint8)
+    scale = max(1, -(-min_side // S))
+    font = ImageFont.load_default()
+    lines = [*title.splitlines()] if title else []
+    line_height = 12
+    band = line_height * (len(lines) + 1) + 6
+    images = []
+    for t in range(T):
+        picture = Image.fromarray(blended[t]).resize((S * scale, S * scale), Image.NEAREST)
+        canvas = Image.new("RGB", (picture.width, picture.height + band), "white")
+        canvas.paste(picture, (0, band))
+        draw = ImageDraw.Draw(canvas)
+        for row, text in enumerate([*lines, f"frame {t + 1}/{T}"]):
+            draw.text((4, 3 + row * line_height), text, fill="black", font=font)
+        images.append(canvas)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+    )
     return path

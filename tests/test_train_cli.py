@@ -33,6 +33,7 @@ def test_training_reports_every_epoch_and_finishes_with_test_metrics(tiny_config
     assert metrics["occ_morf_acc_0"] == pytest.approx(metrics["test_accuracy"])
     assert (tmp_path / "out" / "model.pt").is_file()
     assert (tmp_path / "out" / "gallery_rollout_fem.png").is_file()
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == tiny_config
 
 
 def test_same_seed_same_result(tiny_config):
@@ -71,3 +72,17 @@ def test_pretrained_local_checkpoint_is_loaded_with_a_new_head(tmp_path):
     torch.testing.assert_close(loaded.model.state_dict()[name], source.model.state_dict()[name])
     assert loaded.grid == (4, 2, 2)
     assert loaded(torch.rand(1, 4, 3, 16, 16), capture=True).attention.temporal[0].shape[1] == 4
+
+
+def test_non_finite_loss_fails_the_trial_with_its_reason(tiny_config, monkeypatch):
+    from harness.methods import METHODS, TrainingMethod
+
+    class Diverging(TrainingMethod):  # a method whose loss blows up: the fault to inject
+        def loss(self, model, batch):
+            loss, logits = super().loss(model, batch)
+            return loss * float("inf"), logits
+
+    monkeypatch.setitem(METHODS, "diverging", Diverging)
+    tiny_config["method"] = {"name": "diverging"}
+    with pytest.raises(FloatingPointError, match="non-finite training loss inf at epoch 0"):
+        train_and_evaluate(tiny_config, lambda m, a: None)

@@ -3,13 +3,17 @@
 import pytest
 import torch
 
+from harness.explain import ATTENTION_EXPLAINERS, NEEDS_GRADIENTS
 from harness.explain.video import (
     VIDEO_EXPLAINERS,
     compose_divided,
+    divided_steps,
     explain_video,
     tokens_to_grid,
 )
-from harness.models.video import TimeSformerClassifier
+from harness.models.video import DividedAttention, TimeSformerClassifier
+
+EXACT = {"atol": 1e-5, "rtol": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +111,103 @@ def test_every_explainer_gives_a_finite_map_per_frame_and_patch(model, name):
 def test_unknown_explainer_is_named(model):
     with pytest.raises(ValueError, match="unknown explainer 'nope'; expected one of"):
         explain_video(model, torch.rand(1, 4, 3, 16, 16), "nope")
+
+
+# ------------------------------------------------- the block path equals the dense one
+
+
+def _divided(seed, *, B=2, H=3, T=4, h=2, w=3, layers=2, offset=0.0):
+    """Random float64 divided attentions (and gradients) with the captured layout; `offset` shifts
+    the attentions (signed values, to exercise the discarding's ranking with negatives)."""
+    gen = torch.Generator().manual_seed(seed)
+    P = h * w
+
+    def softmax(*shape):
+        return torch.softmax(2 * torch.randn(*shape, generator=gen, dtype=torch.float64), -1)
+
+    captured = []
+    for _ in range(layers):
+        captured += [softmax(B * P, H, T, T) - offset, softmax(B * T, H, 1 + P, 1 + P) - offset]
+    grads = [torch.randn(a.shape, generator=gen, dtype=torch.float64) for a in captured]
+    return DividedAttention(captured, (T, h, w)), DividedAttention(grads, (T, h, w))
+
+
+def test_divided_steps_hold_the_composed_matrices():
+    att, grad = _divided(0)
+    for gradient, attention in ((False, att), (True, grad)):
+        dense = compose_divided(attention, gradient=gradient)
+        steps = divided_steps(attention, gradient=gradient)
+        assert len(steps) == len(dense) == 4
+        for m, d in zip(steps, dense):
+            assert m.n == d.shape[-1] == 25
+            r = torch.randn(d.shape[:-1], dtype=torch.float64)
+            plain = r + (r.unsqueeze(-2) @ d).squeeze(-2)  # r (I + X)
+            torch.testing.assert_close(m.propagate(r, normalise=False), plain)
+            normalised = r / (1 + d.sum(-1))
+            normalised = normalised + (normalised.unsqueeze(-2) @ d).squeeze(-2)
+            torch.testing.assert_close(m.propagate(r, normalise=True), normalised)
+            # Every entry off the structure is 0: the values carry the whole sum.
+            torch.testing.assert_close(m.values.sum(-1), d.sum((-2, -1)))
+
+
+CASES = [
+    ("rollout", {}),
+    ("rollout", {"head_fusion": "min"}),
+    ("rollout", {"head_fusion": "max"}),
+    ("rollout", {"discard_ratio": 0.5}),  # the cut falls among the structural zeros
+    ("rollout", {"discard_ratio": 0.75}),  # ... among the entries of the spatial blocks
+    ("rollout", {"discard_ratio": 0.85}),  # ... of both blocks
+    ("rollout", {"head_fusion": "max", "discard_ratio": 0.85}),
+    ("rollout_fem", {}),
+    ("rollout_fem", {"k": 0.5, "heads": "top2"}),
+    ("rollout_fem", {"k": 1.0, "heads": "nonempty"}),
+    ("rollout_fem", {"heads": [0, 2]}),
+    ("rollout_grad", {}),
+    ("tibav", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), CASES)
+@pytest.mark.parametrize("offset", [0.0, 0.1])
+def test_block_path_equals_the_dense_reference(name, params, offset):
+    att, grad = _divided(1, offset=offset)
+    fn = ATTENTION_EXPLAINERS[name]
+    args = [compose_divided(att)], [divided_steps(att)]
+    if name in NEEDS_GRADIENTS:
+        args = (
+            [*args[0], compose_divided(grad, gradient=True)],
+            [*args[1], divided_steps(grad, gradient=True)],
+        )
+    dense, fast = fn(*args[0], **params), fn(*args[1], **params)
+    assert dense.shape == (2, 24) and dense.abs().sum() > 0
+    torch.testing.assert_close(fast, dense, **EXACT)
+
+
+def test_discarding_reaches_the_blocks():
+    """The high ratios above do drop block entries (the test would be vacuous otherwise)."""
+    att, _ = _divided(1)
+    steps = divided_steps(att)
+    rollout = ATTENTION_EXPLAINERS["rollout"]
+    assert not torch.allclose(rollout(steps, discard_ratio=0.85), rollout(steps), **EXACT)
+    torch.testing.assert_close(rollout(steps, discard_ratio=0.5), rollout(steps), **EXACT)
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_EXPLAINERS))
+def test_explain_video_equals_the_dense_reference(name):
+    torch.manual_seed(1)
+    model = TimeSformerClassifier.from_config(
+        3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
+    )
+    model = model.double().eval()
+    clips = torch.rand(3, 4, 3, 16, 16, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    explanation = explain_video(model, clips, name, target=target)
+    out = model(clips, capture=True)
+    fn = ATTENTION_EXPLAINERS[name]
+    steps = [s.detach() for s in compose_divided(out.attention)]
+    if name in NEEDS_GRADIENTS:
+        score = out.logits.gather(1, target[:, None]).sum()
+        reference = fn(steps, compose_divided(out.attention.gradients(score), gradient=True))
+    else:
+        reference = fn(steps)
+    torch.testing.assert_close(explanation.relevance, reference.reshape(3, 4, 2, 2), **EXACT)

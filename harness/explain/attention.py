@@ -9,17 +9,26 @@ All of them are the class row of a layer product  e_0^T M_L ... M_1  with M_l = 
 (D_l the row sums of I + X_l, or I when unnormalised). Only that row is needed, so it is computed
 by propagating a row vector r <- r M_l from the last layer down: L vector-matrix products,
 O(L N^2), never the O(L N^3) matrix product. Everything is differentiable where the maths is.
+
+A layer may also be given as a structured :class:`Mixing` instead of a dense tensor: the values of
+the entries of X_l that can be non-zero, with its own row sums and vector-matrix product. Every
+per-layer step of the explainers (head fusion, A * dA, relu, discarding) is entry-wise or over
+heads, so it runs on those values unchanged, and the result is the dense one exactly without
+ever forming an N x N matrix (``harness.explain.video.divided_steps``: TimeSformer's divided
+space-time attention, whose N x N steps are block-diagonal).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .cam import _finite, _ksigma_maps
+from .cam import _ksigma_maps
 
 _FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "mean": lambda a: a.mean(1),
@@ -28,34 +37,98 @@ _FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _validate(
-    attentions: Sequence[Tensor], gradients: Sequence[Tensor] | None = None
-) -> list[tuple[Tensor, ...]]:
-    """Check shapes/values; return the per-layer tuples (A_l,) or (A_l, dA_l), first layer first."""
-    atts = list(attentions)
-    if not atts:
-        raise ValueError("attentions must be a non-empty sequence of [B, H, N, N] tensors")
-    shape = atts[0].shape
+class Mixing(Protocol):
+    """A token-mixing matrix X [..., N, N] (``...`` = B, H as given; B once heads are fused) as the
+    values of the entries that can be non-zero; every other entry is 0.
+
+    values: [..., E], in an order fixed by the structure, entry 0 being X[0, 0];
+    with_values(v): the same structure holding v [..., E] (other leading dims allowed);
+    propagate(r, normalise): r [..., N] -> r D^-1 (I + X) [..., N], D = diag(rowsum(I + X)) if
+    normalise else I: one step of the class-row propagation.
+    """
+
+    n: int  # N, the number of tokens
+    values: Tensor
+
+    def with_values(self, values: Tensor) -> Mixing: ...
+
+    def propagate(self, r: Tensor, normalise: bool) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class DenseMixing:
+    """X as a dense matrix: all N^2 entries, row-major (values = X.flatten(-2), a view)."""
+
+    n: int
+    values: Tensor  # [..., N*N]
+
+    def with_values(self, values: Tensor) -> DenseMixing:
+        return replace(self, values=values)
+
+    def propagate(self, r: Tensor, normalise: bool) -> Tensor:
+        # r D^-1 (I + X) = r' + r' X with r' = r / rowsum, so I is never materialised.
+        x = self.values.unflatten(-1, (self.n, self.n))
+        if normalise:
+            r = r / (1 + x.sum(-1))
+        return r + (r.unsqueeze(-2) @ x).squeeze(-2)
+
+
+def _as_mixing(name: str, i: int, a: Tensor | Mixing) -> Mixing:
+    if not isinstance(a, Tensor):
+        return a
+    shape = a.shape
     if len(shape) != 4 or shape[-1] != shape[-2] or shape[-1] < 2:
         raise ValueError(
-            f"attentions[0] must have shape [B, H, N, N] with N >= 2; got {tuple(shape)}"
+            f"{name}[{i}] must have shape [B, H, N, N] with N >= 2; got {tuple(shape)}"
         )
+    return DenseMixing(shape[-1], a.flatten(-2))
+
+
+def _shape(m: Mixing) -> tuple[int, ...]:
+    """How a layer shows in messages: [B, H, N, N] for dense, [B, H, E] values otherwise."""
+    if isinstance(m, DenseMixing):
+        return (*m.values.shape[:-1], m.n, m.n)
+    return tuple(m.values.shape)
+
+
+def _validate(
+    attentions: Sequence[Tensor | Mixing], gradients: Sequence[Tensor | Mixing] | None = None
+) -> list[tuple[Mixing, ...]]:
+    """Check shapes/values; return the per-layer tuples (A_l,) or (A_l, dA_l), first layer first.
+
+    Every layer has the same B, H and N; dense layers are wrapped as :class:`DenseMixing`; a
+    gradient has the structure and shape of its attention.
+    """
+    atts = [_as_mixing("attentions", i, a) for i, a in enumerate(attentions)]
+    if not atts:
+        raise ValueError("attentions must be a non-empty sequence of [B, H, N, N] tensors")
+    lead, n = atts[0].values.shape[:-1], atts[0].n
+    if len(lead) != 2 or n < 2:
+        raise ValueError(f"attentions[0] must be [B, H, N, N] with N >= 2; got {_shape(atts[0])}")
+    for i, m in enumerate(atts[1:], 1):
+        if m.values.shape[:-1] != lead or m.n != n:
+            raise ValueError(
+                f"attentions[{i}] has shape {_shape(m)}; expected {_shape(atts[0])} "
+                f"(the B, H and N of attentions[0])"
+            )
     named = {"attentions": atts}
     if gradients is not None:
-        named["gradients"] = list(gradients)
-        if len(named["gradients"]) != len(atts):
+        grads = [_as_mixing("gradients", i, g) for i, g in enumerate(gradients)]
+        if len(grads) != len(atts):
             raise ValueError(
-                f"expected one gradient per attention layer ({len(atts)}); "
-                f"got {len(named['gradients'])}"
+                f"expected one gradient per attention layer ({len(atts)}); got {len(grads)}"
             )
-    for name, tensors in named.items():
-        for i, t in enumerate(tensors):
-            if t.shape != shape:
+        for i, (g, a) in enumerate(zip(grads, atts)):
+            if type(g) is not type(a) or g.values.shape != a.values.shape or g.n != a.n:
                 raise ValueError(
-                    f"{name}[{i}] has shape {tuple(t.shape)}; expected {tuple(shape)} "
-                    f"(the shape of attentions[0])"
+                    f"gradients[{i}] has shape {_shape(g)}; expected {_shape(a)} "
+                    f"(the shape of attentions[{i}])"
                 )
-        finite = torch.stack([_finite(t) for t in tensors])  # one sync per sequence
+        named["gradients"] = grads
+    for name, layers in named.items():
+        # min and max of every layer propagate NaN and inf: one small check, one sync per sequence
+        bounds = torch.stack([b for m in layers for b in torch.aminmax(m.values)])
+        finite = bounds.isfinite().view(-1, 2).all(-1)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0, 0])
             raise ValueError(f"{name}[{i}] contains NaN or inf; expected finite values")
@@ -63,41 +136,47 @@ def _validate(
 
 
 def _class_row(
-    layers: list[tuple[Tensor, ...]], build: Callable[..., Tensor], normalise: bool
+    layers: list[tuple[Mixing, ...]], build: Callable[..., Tensor], normalise: bool
 ) -> Tensor:
-    """e_0^T M_L ... M_1 over tokens 1..N-1, M_l = D_l^-1 (I + X_l), X_l = build(*layers[l]).
+    """e_0^T M_L ... M_1 over tokens 1..N-1, M_l = D_l^-1 (I + X_l).
 
-    X_l: [..., N, N] (``...`` = B or B, H); D_l = diag(rowsum(I + X_l)) if normalise else I.
-    Uses r D^-1 (I + X) = r' + r' X with r' = r / rowsum, so I is never materialised.
+    X_l has the structure of layers[l][0] and the values build(*(m.values for m in layers[l]))
+    ([..., E], ``...`` = B or B, H); D_l = diag(rowsum(I + X_l)) if normalise else I.
     Returns [..., N-1].
     """
     r = None
     for layer in reversed(layers):
-        x = build(*layer)  # [..., N, N]
+        x = layer[0].with_values(build(*(m.values for m in layer)))
         if r is None:
-            r = x.new_zeros(x.shape[:-1])  # [..., N]
+            r = x.values.new_zeros((*x.values.shape[:-1], x.n))  # [..., N]
             r[..., 0] = 1
-        if normalise:
-            r = r / (1 + x.sum(-1))
-        r = r + (r.unsqueeze(-2) @ x).squeeze(-2)
+        r = x.propagate(r, normalise)
     return r[..., 1:]
 
 
-def _discard_lowest(f: Tensor, ratio: float) -> Tensor:
-    """Zero the int(ratio * N^2) lowest entries of each flattened [N, N] matrix of f [B, N, N],
-    sparing flat index 0 = [0, 0] (jacobgil/vit-explain convention: the spared entry is not
-    replaced). Ties at the cut are all dropped (vit-explain's topk breaks them arbitrarily)."""
-    n_drop = int(f[0].numel() * ratio)
+def _discard_lowest(f: Tensor, n: int, ratio: float) -> Tensor:
+    """Zero the int(ratio * N^2) lowest entries of each N x N matrix, given as f [B, E]: the values
+    of its entries that can be non-zero (entry 0 = [0, 0]; the N^2 - E others are zeros, which
+    count in the ranking). The entry [0, 0] is spared (jacobgil/vit-explain convention: the spared
+    entry is not replaced). Ties at the cut are all dropped (vit-explain's topk breaks them
+    arbitrarily); dropping a zero changes nothing, so only f's entries are touched."""
+    n_drop = int(n * n * ratio)
     if n_drop == 0:
         return f
-    flat = f.flatten(1)  # [B, N*N]
-    drop = flat <= flat.kthvalue(n_drop, -1, keepdim=True).values
-    drop[:, 0] = False
-    return flat.masked_fill(drop, 0).view_as(f)
+    n_zero = n * n - f.shape[-1]  # implicit zeros
+    cut = f.kthvalue(min(n_drop, f.shape[-1]), -1, keepdim=True).values
+    if n_zero:  # sorted: f's negatives, then the zeros, then f's other entries
+        above = f.kthvalue(max(n_drop - n_zero, 1), -1, keepdim=True).values
+        negatives = (f < 0).sum(-1, keepdim=True)
+        zero_cut = torch.where(n_drop <= negatives + n_zero, 0, above)
+        cut = torch.where(n_drop <= negatives, cut, zero_cut)
+    drop = f <= cut
+    drop[..., 0] = False
+    return f.masked_fill(drop, 0)
 
 
 def rollout(
-    attentions: Sequence[Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+    attentions: Sequence[Tensor | Mixing], head_fusion: str = "mean", discard_ratio: float = 0.0
 ) -> Tensor:
     """Attention rollout (Abnar & Zuidema, "Quantifying attention flow in transformers", ACL 2020).
 
@@ -111,9 +190,9 @@ def rollout(
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1); got {discard_ratio}")
     fuse = _FUSIONS[head_fusion]
-    return _class_row(
-        _validate(attentions), lambda a: _discard_lowest(fuse(a), discard_ratio), normalise=True
-    )
+    layers = _validate(attentions)
+    n = layers[0][0].n
+    return _class_row(layers, lambda a: _discard_lowest(fuse(a), n, discard_ratio), normalise=True)
 
 
 def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:
@@ -144,7 +223,7 @@ def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:
 
 
 def rollout_fem(
-    attentions: Sequence[Tensor], k: float = 2.0, heads: str | Sequence[int] = "all"
+    attentions: Sequence[Tensor | Mixing], k: float = 2.0, heads: str | Sequence[int] = "all"
 ) -> Tensor:
     """Rollout-FEM (Ayyar, Benois-Pineau & Zemmari, ET poster): FEM's k-sigma rule on per-head
     rollouts.
@@ -168,7 +247,9 @@ def rollout_fem(
     return s / torch.where(peak > 0, peak, 1)
 
 
-def rollout_grad(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> Tensor:
+def rollout_grad(
+    attentions: Sequence[Tensor | Mixing], gradients: Sequence[Tensor | Mixing]
+) -> Tensor:
     """Rollout-Grad (du Toit's TimeSformer study): gradient-weighted rollout, unnormalised.
 
     R_0 = I; Abar_l = E_h(A_l * dA_l); R_l = (I + Abar_l) R_{l-1}. Returns R_L's class row over
@@ -179,7 +260,7 @@ def rollout_grad(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> T
     )
 
 
-def tibav(attentions: Sequence[Tensor], gradients: Sequence[Tensor]) -> Tensor:
+def tibav(attentions: Sequence[Tensor | Mixing], gradients: Sequence[Tensor | Mixing]) -> Tensor:
     """Chefer, Gur & Wolf, "Transformer interpretability beyond attention visualization" (CVPR
     2021), in its gradient-attention form ("Generic attention-model explainability", ICCV 2021).
 

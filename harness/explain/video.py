@@ -21,14 +21,23 @@ Gradients are mapped by the chain rule onto the same entries: d/dD[0, (t,q)] = T
 and d/dD[0, 0] = sum_t d/da_t[0, 0]; every other entry is copied. Hence A * dA (Rollout-Grad, TIBAV)
 is the same whether computed on the blocks or on the composed matrices.
 
+Both matrices are block-diagonal (per patch, per frame) plus the class row and column, so at most
+1 + T*T*P (temporal) and 1 + 2*T*P + T*P*P (spatial) of their N^2 entries can be non-zero.
+`divided_steps` gives the same steps as `compose_divided` in that form (`TemporalMixing`,
+`SpatialMixing`: the values of those entries, with the steps' row sums and vector-matrix products
+done block by block), and the explainers of `harness.explain.attention` run on them unchanged,
+with the same result and without ever forming an N x N matrix: `explain_video` uses them;
+`compose_divided` with the dense matrices is the reference they are tested against.
+
 The result of every explainer is one relevance per (frame, patch): [B, T, h, w].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from torch import Tensor
 
 from harness.explain import (
     ATTENTION_EXPLAINERS,
@@ -37,6 +46,7 @@ from harness.explain import (
     NEEDS_GRADIENTS,
     random_relevance,
 )
+from harness.explain.attention import Mixing
 from harness.models.video import DividedAttention, TimeSformerClassifier
 
 VIDEO_EXPLAINERS = EXPLAINERS
@@ -91,6 +101,119 @@ def compose_divided(attention: DividedAttention, *, gradient: bool = False) -> l
     return steps
 
 
+@dataclass(frozen=True)
+class TemporalMixing:
+    """The temporal step of `compose_temporal` as a `Mixing`, without its N x N matrix.
+
+    values [..., 1 + P*T*T]: X[0, 0], then X[(t, p), (u, p)] at [p, t, u] (patch p attending from
+    frame t to frame u); every other entry is 0.
+    """
+
+    frames: int
+    patches: int
+    values: Tensor
+
+    @property
+    def n(self) -> int:
+        return 1 + self.frames * self.patches
+
+    def with_values(self, values: Tensor) -> TemporalMixing:
+        return replace(self, values=values)
+
+    def parts(self) -> tuple[Tensor, Tensor]:
+        """Views: X[0, 0] [..., 1] and the per-patch blocks [..., P, T, T]."""
+        T, P = self.frames, self.patches
+        return self.values[..., :1], self.values[..., 1:].unflatten(-1, (P, T, T))
+
+    def propagate(self, r: Tensor, normalise: bool) -> Tensor:
+        corner, blocks = self.parts()
+        rp = r[..., 1:].unflatten(-1, (self.frames, self.patches)).transpose(-1, -2)  # [..., P, T]
+        if normalise:
+            rp = rp / blocks.sum(-1).add_(1)
+        rp = rp + (rp.unsqueeze(-1) * blocks).sum(-2)
+        # Row and column 0 of X are X[0, 0] e_0: normalised, r[0] (1 + X[0, 0]) / (1 + X[0, 0]).
+        r0 = r[..., :1] if normalise else r[..., :1] * (1 + corner)
+        return torch.cat([r0, rp.transpose(-1, -2).flatten(-2)], -1)
+
+
+@dataclass(frozen=True)
+class SpatialMixing:
+    """The spatial step of `compose_spatial` as a `Mixing`, without its N x N matrix.
+
+    values [..., 1 + T*P + T*P*(1+P)]: X[0, 0]; the class row X[0, (t, q)] at [t, q]; then the
+    rows of the patches, [t, p, 0] = X[(t, p), 0] (class column) and [t, p, 1 + q] =
+    X[(t, p), (t, q)] (frame t's block); every other entry is 0.
+    """
+
+    frames: int
+    patches: int
+    values: Tensor
+
+    @property
+    def n(self) -> int:
+        return 1 + self.frames * self.patches
+
+    def with_values(self, values: Tensor) -> SpatialMixing:
+        return replace(self, values=values)
+
+    def parts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Views: X[0, 0] [..., 1], class row [..., T, P], the patches' rows [..., T, P, 1+P]."""
+        T, P = self.frames, self.patches
+        v = self.values
+        return (
+            v[..., :1],
+            v[..., 1 : 1 + T * P].unflatten(-1, (T, P)),
+            v[..., 1 + T * P :].unflatten(-1, (T, P, 1 + P)),
+        )
+
+    def propagate(self, r: Tensor, normalise: bool) -> Tensor:
+        T, P = self.frames, self.patches
+        first = self.values[..., : 1 + T * P]  # X's row 0: X[0, 0], then the class row
+        rows = self.values[..., 1 + T * P :].unflatten(-1, (T, P, 1 + P))
+        if normalise:
+            sums = torch.cat([first.sum(-1, keepdim=True), rows.sum(-1).flatten(-2)], -1)
+            r = r / sums.add_(1)
+        mixed = (r[..., 1:].unflatten(-1, (T, P)).unsqueeze(-1) * rows).sum(-2)  # [..., T, 1+P]
+        out = torch.cat([mixed[..., 0].sum(-1, keepdim=True), mixed[..., 1:].flatten(-2)], -1)
+        return out.addcmul_(r[..., :1], first).add_(r)  # r X + r[0] X[0, :] + r
+
+
+def temporal_step(temporal: Tensor) -> TemporalMixing:
+    """[B, P, H, T, T] temporal attention (or its gradient) -> the step of `compose_temporal`."""
+    B, P, H, T, _ = temporal.shape
+    step = TemporalMixing(T, P, temporal.new_empty(B, H, 1 + P * T * T))
+    corner, blocks = step.parts()
+    corner.fill_(1.0)
+    blocks.copy_(temporal.transpose(1, 2))
+    return step
+
+
+def spatial_step(spatial: Tensor, *, gradient: bool = False) -> SpatialMixing:
+    """[B, T, H, 1+P, 1+P] spatial attention (or its gradient, as in `compose_spatial`) -> the step
+    of `compose_spatial`."""
+    B, T, H, Q, _ = spatial.shape
+    s = spatial.transpose(1, 2)  # [B, H, T, 1+P, 1+P]
+    step = SpatialMixing(T, Q - 1, spatial.new_empty(B, H, 1 + T * (Q - 1) * (1 + Q)))
+    corner, row, rows = step.parts()
+    if gradient:
+        torch.sum(s[..., 0, 0], -1, keepdim=True, out=corner)
+        torch.mul(s[..., 0, 1:], T, out=row)
+    else:
+        torch.mean(s[..., 0, 0], -1, keepdim=True, out=corner)
+        torch.div(s[..., 0, 1:], T, out=row)
+    rows.copy_(s[..., 1:, :])
+    return step
+
+
+def divided_steps(attention: DividedAttention, *, gradient: bool = False) -> list[Mixing]:
+    """The steps of `compose_divided` (same order, same entries) as `Mixing`s: 2L of them."""
+    steps: list[Mixing] = []
+    for temporal, spatial in zip(attention.temporal, attention.spatial):
+        steps.append(temporal_step(temporal))
+        steps.append(spatial_step(spatial, gradient=gradient))
+    return steps
+
+
 def tokens_to_grid(features: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """TimeSformer tokens [B, 1 + P*T, C] (patch-major, class first) -> [B, C, T, h, w]."""
     T, h, w = grid
@@ -126,16 +249,17 @@ def explain_video(
         if target is None:
             target = logits.argmax(-1)
         if name == "random":
-            relevance = random_relevance((clips.shape[0], T, h, w), generator)
+            relevance = random_relevance((clips.shape[0], T, h, w), generator).to(clips.device)
         elif name in ATTENTION_EXPLAINERS:
-            steps = compose_divided(out.attention)
             fn = ATTENTION_EXPLAINERS[name]
+            attention = out.attention
             if needs_grad:
                 score = logits.gather(1, target[:, None]).sum()
-                dsteps = compose_divided(out.attention.gradients(score), gradient=True)
-                flat = fn([s.detach() for s in steps], dsteps, **params)
+                dsteps = divided_steps(attention.gradients(score), gradient=True)
+                attention = DividedAttention([a.detach() for a in attention.captured], model.grid)
+                flat = fn(divided_steps(attention), dsteps, **params)
             else:
-                flat = fn(steps, **params)
+                flat = fn(divided_steps(attention), **params)
             relevance = flat.reshape(-1, T, h, w)
         else:
             features = tokens_to_grid(out.features.detach(), model.grid)

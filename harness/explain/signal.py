@@ -1,0 +1,167 @@
+"""Model adapter: Linformer attention (`harness.models.signal`) as per-layer token-mixing matrices.
+
+The pure explainers of this package take per-layer [B, H, N, N] token-mixing matrices. Linformer's
+attention P = softmax(Q (E K)^T / sqrt(d)) is [B, H, N, k]: its k columns are projections of the
+sequence, not tokens. Composed with the value projection F [k, N] it is a token mixing, exactly:
+
+    out_i = sum_k P[i, k] (F V)[k] = sum_j (P F)[i, j] v_j,     M = P F   [B, H, N, N].
+
+The model computes its attention through M (out = M V), so M is a tensor of the forward graph and
+d score / dM is a true gradient (no choice of how to spread dP over M is needed; dP = dM F^T).
+
+M is not an attention matrix in rollout's sense: F is a learned real matrix, so M's entries can be
+negative and its rows sum to rowsum(M)_i = sum_k P[i, k] rowsum(F)_k (any real number, possibly ~0).
+Rollout's step A' = (A + I) / rowsum(A + I) reads each row as the proportions in which a token's
+output is made of its inputs; with signed rows those "proportions" are meaningless (a row sum near
+-1 divides by ~0; negative entries subtract flow). The treatment here:
+
+* rollout, rollout_fem (flow explainers, no gradients): each head's mixing is replaced by its
+  **magnitude shares**  S = |M| / rowsum(|M|)  (``mixing_shares``): S[i, j] is the share of the
+  total mixing weight of output i that comes from token j, whatever its sign. Token j's
+  contribution to output i is the vector M[i, j] v_j, whose norm is |M[i, j]| ||v_j||; rollout
+  ignores the values (it treats them as equal), so under the same assumption S is the fraction of
+  output i contributed by token j (the norm-based reading of attention of Kobayashi et al.,
+  "Attention is not only a weight", EMNLP 2020). S is row-stochastic and non-negative, so
+  rollout's "+ I, renormalise" is well defined; heads are fused (mean/min/max) after the shares,
+  as rollout fuses row-stochastic heads. For an ordinary attention (F non-negative with rows
+  summing to 1, e.g. k = N and F = I) S = M, and this is plain rollout. A row of M that is all
+  zero (F = 0) gives a zero row: that token keeps only its residual. Sign information is dropped
+  on purpose: a flow explainer answers "where did the information come from", not "for or
+  against".
+* rollout_grad, tibav (gradient explainers): the signed M and its true gradient dM. M * dM is the
+  first-order (Taylor) contribution of each entry to the target score whatever the signs, so it
+  needs no rectification: tibav keeps E_h((dM * M)^+) (entries that raised the score; the clamp
+  already handles negative products), rollout_grad E_h(M * dM) unnormalised, as for any attention.
+* feature explainers (fem, gradcam, gradcam_pp, eigencam): the last block's time tokens as a 1-D
+  grid [B, D, N-1]; random: U[0, 1).
+
+Every explainer gives one relevance per time token: [B, N-1] (token t covers samples
+[t p, (t+1) p)); ``relevance_over_time`` upsamples it to the signal's samples for ET's weighting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.explain import (
+    ATTENTION_EXPLAINERS,
+    EXPLAINERS,
+    FEATURE_EXPLAINERS,
+    NEEDS_GRADIENTS,
+    random_relevance,
+    reshape_tokens,
+)
+from harness.models.signal import LinformerAttentionMaps, SignalTransformer
+
+__all__ = [
+    "SIGNAL_EXPLAINERS",
+    "SignalExplanation",
+    "explain_signal",
+    "mixing_matrices",
+    "mixing_shares",
+    "relevance_over_time",
+]
+
+SIGNAL_EXPLAINERS = EXPLAINERS
+# Attention explainers that read M as a flow (proportions): they get the magnitude shares.
+FLOW_EXPLAINERS = frozenset({"rollout", "rollout_fem"})
+
+
+@dataclass
+class SignalExplanation:
+    relevance: torch.Tensor  # [B, N-1] over the time tokens, detached
+    logits: torch.Tensor  # [B, num_classes], detached
+    target: torch.Tensor  # [B] the class that was explained
+
+
+def mixing_matrices(maps: LinformerAttentionMaps) -> list[torch.Tensor]:
+    """Per-layer token-mixing matrices M = P F [B, H, N, N] (signed), first layer first.
+
+    These are the captured tensors of the forward graph (gradients w.r.t. them exist). A gradient
+    container (``maps.gradients(score)``) gives dM in the same layout.
+    """
+    return list(maps.mixing)
+
+
+def mixing_shares(mixing: torch.Tensor) -> torch.Tensor:
+    """Magnitude shares S = |M| / rowsum(|M|) of a mixing matrix [..., N, N] (row-stochastic,
+    non-negative; an all-zero row stays zero). Equals M when M is already row-stochastic."""
+    magnitude = mixing.abs()
+    total = magnitude.sum(-1, keepdim=True)
+    return magnitude / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def explain_signal(
+    model: SignalTransformer,
+    signals: torch.Tensor,
+    name: str,
+    *,
+    target: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **params: object,
+) -> SignalExplanation:
+    """Explain `signals` [B, L, C] with explainer `name`; relevance [B, N-1] over time tokens.
+
+    `target` is the class to explain (default: the predicted class); only the class-specific
+    (gradient-based) explainers use it. `params` go to the explainer (e.g. k, heads, head_fusion).
+    """
+    if name not in SIGNAL_EXPLAINERS:
+        raise ValueError(
+            f"unknown explainer {name!r}; expected one of: {', '.join(SIGNAL_EXPLAINERS)}"
+        )
+    needs_grad = name in NEEDS_GRADIENTS
+    with torch.enable_grad() if needs_grad else torch.no_grad():
+        out = model(signals, capture=True)
+        logits = out.logits
+        if target is None:
+            target = logits.argmax(-1)
+        if name == "random":
+            relevance = random_relevance((signals.shape[0], model.num_patches), generator)
+            relevance = relevance.to(signals.device)
+        elif name in ATTENTION_EXPLAINERS:
+            fn = ATTENTION_EXPLAINERS[name]
+            mixing = mixing_matrices(out.attention)
+            if needs_grad:
+                score = logits.gather(1, target[:, None]).sum()
+                grads = mixing_matrices(out.attention.gradients(score))
+                relevance = fn([m.detach() for m in mixing], grads, **params)
+            elif name in FLOW_EXPLAINERS:
+                relevance = fn([mixing_shares(m) for m in mixing], **params)
+            else:  # an attention explainer registered later: give it the signed mixing
+                relevance = fn(mixing, **params)
+        else:
+            fn = FEATURE_EXPLAINERS[name]
+            features = reshape_tokens(out.features.detach(), model.grid)  # [B, D, N-1]
+            if needs_grad:
+                score = logits.gather(1, target[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, out.features)
+                relevance = fn(features, reshape_tokens(grad, model.grid), **params)
+            else:
+                relevance = fn(features, **params)
+    return SignalExplanation(relevance.detach(), logits.detach(), target.detach())
+
+
+def relevance_over_time(relevance: torch.Tensor, signal_length: int) -> torch.Tensor:
+    """Token relevance [B, N-1] -> per-sample weights [B, signal_length] in [0, 1].
+
+    Negative relevance (evidence against the class, e.g. signed Eigen-CAM or Rollout-Grad) counts
+    as 0; the values are interpolated linearly between the tokens' centres (token t's centre is
+    sample t p + (p - 1) / 2, p = signal_length / (N-1); constant beyond the first and last
+    centres) and divided by their maximum per sample, as the video ``soft`` policy does. A map with
+    no positive value (no information) gives all ones: weighting by it leaves the signal as is.
+    Multiply a signal [B, L, C] by ``relevance_over_time(r, L)[..., None]`` to weight it.
+    """
+    if relevance.dim() != 2 or relevance.shape[1] < 1:
+        raise ValueError(
+            f"relevance must be [B, N-1] (one value per time token); got {list(relevance.shape)}"
+        )
+    if signal_length < 1:
+        raise ValueError(f"signal_length must be >= 1, got {signal_length}")
+    r = relevance.detach()
+    r = (r if r.is_floating_point() else r.float()).relu()
+    r = F.interpolate(r[:, None], size=signal_length, mode="linear", align_corners=False)[:, 0]
+    peak = r.amax(-1, keepdim=True)
+    return torch.where(peak > 0, r / peak.clamp_min(torch.finfo(r.dtype).tiny), torch.ones_like(r))

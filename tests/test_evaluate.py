@@ -1,0 +1,193 @@
+"""`python -m harness.evaluate`: every explainer on a trained model (a tiny one, on tiny synthetic
+data), from a model folder, a config YAML and an MLflow run; the explainer option of
+`evaluate_occlusion`; messages for bad sources."""
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from harness.config import compose, resolve_paths, trial_config
+from harness.evaluate import evaluate_occlusion, load_trained
+from harness.evaluate.__main__ import TABLE_COLUMNS, main
+from harness.explain import EXPLAINERS
+from harness.models import build_model
+
+TINY = [
+    "data.synthetic.num_classes=3", "data.num_frames=4", "data.frame_size=48",
+    "data.synthetic.actor_size=9", "data.synthetic.num_distractors=1",
+    "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
+    "data.synthetic.test_per_class=3", "model.image_size=16", "model.hidden_size=16",
+    "model.num_layers=1", "model.num_heads=2", "evaluation.occlusion_levels=[0.0,0.5]",
+    "evaluation.gallery_clips=1", "train.epochs=1", "train.threads=1", "train.device=cpu",
+]  # fmt: skip
+
+
+def tiny_config(cache, method="vanilla", overrides=()):
+    cfg = compose("birds_video", [f"data.cache_dir={cache}", *TINY, *overrides])
+    resolve_paths(cfg)
+    return trial_config(cfg, method)
+
+
+def save_model_folder(config, folder):
+    """What `harness.train --output` leaves: model.pt and config.yaml (an untrained model here)."""
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_model(config["model"], config["data"]["synthetic"]["num_classes"])
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    config = tiny_config(root / "cache")
+    return root, config, save_model_folder(config, root / "model")
+
+
+def test_every_explainer_from_a_model_folder(workspace, capsys):
+    root, _, folder = workspace
+    output = root / "out"
+    code = main([str(folder), "evaluation.occlusion_levels=[0.0,0.5]", "--output", str(output)])
+    assert code == 0
+    table = pd.read_csv(output / "explainers.csv")
+    assert sorted(table["explainer"]) == sorted(EXPLAINERS)  # random included
+    assert list(table.columns) == ["explainer", *TABLE_COLUMNS, "synthetic"]
+    assert table["gap"].is_monotonic_decreasing
+    assert table["synthetic"].all()
+    markdown = (output / "explainers.md").read_text()
+    assert "SYNTHETIC" in markdown.splitlines()[0]
+    printed = capsys.readouterr().out
+    assert "| random " in printed and printed.rstrip().endswith(markdown.rstrip()[-60:])
+    points = pd.read_csv(output / "occlusion_curves.csv")
+    assert sorted(points["level"].unique()) == [0.0, 0.5]
+    assert len(points) == len(EXPLAINERS) * 2 * 2
+    # the 0% point is the model's accuracy, whatever the explainer
+    assert points[points.level == 0.0]["accuracy"].nunique() == 1
+    trends = pd.read_csv(output / "trends.csv")
+    assert len(trends) == len(EXPLAINERS) * 3
+    regions = ["top-left", "top-right", "bottom-left", "bottom-right"]
+    assert trends[regions].sum(axis=1).tolist() == pytest.approx([1.0] * len(trends))
+    assert trends[[f"frame_{t}" for t in (1, 2, 3, 4)]].sum(axis=1).tolist() == pytest.approx(
+        [1.0] * len(trends)
+    )
+    for name in ("explainers.md", "occlusion_curves.png", "trends.md"):
+        assert (output / name).is_file()
+    for name in EXPLAINERS:
+        assert (output / "trends" / f"{name}.png").is_file()
+        assert (output / "galleries" / f"{name}.png").is_file()
+        with Image.open(output / "galleries" / f"{name}_clip0.gif") as gif:
+            assert gif.n_frames == 4
+    assert not (output / "galleries" / "random_clip1.gif").exists()  # gallery_clips = 1
+
+
+def test_a_config_yaml_is_trained_first_with_the_default_levels(workspace):
+    root, config, _ = workspace
+    path = root / "exported" / "vanilla.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(config))
+    assert main([str(path), "--explainers", "random,rollout", "--split", "val"]) == 0
+    assert (root / "exported" / "vanilla" / "model.pt").is_file()
+    output = root / "exported" / "vanilla" / "evaluation"
+    assert sorted(pd.read_csv(output / "explainers.csv")["explainer"]) == ["random", "rollout"]
+    levels = pd.read_csv(output / "occlusion_curves.csv")["level"].unique()
+    assert levels.tolist() == pytest.approx([i / 10 for i in range(10)])
+
+
+def test_an_mlflow_run_is_downloaded_and_gets_the_evaluation(workspace, monkeypatch, capsys):
+    import mlflow
+
+    root, _, folder = workspace
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no database to create
+    uri = (root / "mlruns").as_uri()
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    client.log_artifacts(run_id, str(folder))
+    output = root / "from_run"
+    args = [f"runs:/{run_id}", "--tracking-uri", uri, "--explainers", "random", "--output",
+            str(output), "evaluation.occlusion_levels=[0.0,0.5]"]  # fmt: skip
+    assert main(args) == 0
+    assert (output / "explainers.csv").is_file()
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/explainers.md" in logged
+    assert f"logged {output} to run {run_id}" in capsys.readouterr().out
+    assert main([f"runs:/{'0' * 32}", "--tracking-uri", uri]) == 2
+    assert "no such run" in capsys.readouterr().err
+
+
+def test_an_explicit_explainer_equals_the_methods_own(tmp_path, workspace):
+    root, _, _ = workspace
+    # ET past its warm-up, with its own rollout_fem parameters (k, heads) from its config
+    config = tiny_config(root / "cache", "et", ["methods.et.k=1.0", "methods.et.heads=top1"])
+    folder = save_model_folder(config, tmp_path / "et")
+    trained = load_trained(config, folder / "model.pt")
+    assert trained.method.active and trained.method.explainer_kwargs == {"k": 1.0, "heads": "top1"}
+    args = (trained.model, trained.method, trained.dataset, trained.dataset.indices("test"),
+            config["evaluation"], 4)  # fmt: skip
+    own = evaluate_occlusion(*args)
+    explicit = evaluate_occlusion(*args, explainer="rollout_fem", keep_relevance=True)
+    assert explicit.as_metrics() == own.as_metrics()
+    assert explicit.relevance.shape == (9, 4, 2, 2)
+    assert sorted(explicit.rows.tolist()) == trained.dataset.indices("test").tolist()
+    # random relevance is seeded
+    first = evaluate_occlusion(*args, explainer="random", seed=3, keep_relevance=True)
+    again = evaluate_occlusion(*args, explainer="random", seed=3, keep_relevance=True)
+    other = evaluate_occlusion(*args, explainer="random", seed=4, keep_relevance=True)
+    assert first.relevance.equal(again.relevance) and not first.relevance.equal(other.relevance)
+
+
+def test_bad_sources_are_named(tmp_path, capsys):
+    def error(*argv):
+        assert main([str(a) for a in argv]) == 2
+        return capsys.readouterr().err
+
+    assert "no such file or folder; expected a trained-model folder" in error(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text("seed: 0\n")
+    message = error(tmp_path / "empty")
+    assert message.startswith(f"error: {tmp_path / 'empty'}: expected a trained-model folder")
+    assert "missing: model.pt" in message
+    assert "needs --tracking-uri" in error("runs:/0123abcd")
+    (tmp_path / "notes.txt").write_text("x")
+    assert "not a .yaml file" in error(tmp_path / "notes.txt")
+    assert "unknown explainer 'nope'" in error(tmp_path / "empty", "--explainers", "rollout,nope")
+    assert "--regions" in error(tmp_path / "empty", "--regions", "2by2")
+    (tmp_path / "empty" / "model.pt").write_bytes(b"")
+    assert "config.yaml: data: expected a mapping" in error(tmp_path / "empty")
+
+
+def test_a_planted_salient_token_is_found_where_it_is(workspace):
+    """The pipeline's wiring: a "model" that is right only while the pixels of token (frame 1,
+    row 1, col 0) are intact, explained by an oracle that marks that token: MoRF loses it at once,
+    LeRF never; random sits between. Checks that relevance [T, h, w] lands on the right pixels."""
+    import dataclasses
+
+    import numpy as np
+
+    from harness.methods.vanilla import Vanilla
+
+    root, config, folder = workspace
+    trained = load_trained(config, folder / "model.pt")
+    dataset = dataclasses.replace(trained.dataset, labels=np.zeros_like(trained.dataset.labels))
+    planted = torch.zeros(4, 2, 2)
+    planted[1, 1, 0] = 1.0
+
+    class Planted(Vanilla):
+        def predict(self, model, clips):  # full-res 48 px, 2 x 2 grid: the token is 24 x 24 px
+            intact = clips[:, 1, :, 24:, :24].amin(dim=(1, 2, 3)) > 0
+            return torch.stack([intact.float(), (~intact).float()], 1) * 10
+
+        def explain(self, model, clips, target=None):
+            return planted.expand(len(clips), -1, -1, -1)
+
+    method = Planted({"name": "vanilla"}, input_size=16, epochs=1)
+    indices = dataset.indices("test")
+    cfg = dict(config["evaluation"], occlusion_levels=[0.0, 0.25, 0.5])
+    oracle = evaluate_occlusion(trained.model, method, dataset, indices, cfg, 4)
+    assert oracle.curve.morf_accuracy == [1.0, 0.0, 0.0]
+    assert oracle.curve.lerf_accuracy == [1.0, 1.0, 1.0]
+    assert (oracle.seed_morf_accuracy, oracle.seed_lerf_accuracy) == (0.0, 1.0)
+    random = evaluate_occlusion(trained.model, method, dataset, indices, cfg, 4, explainer="random")
+    assert oracle.curve.gap == 0.5 > random.curve.gap

@@ -1,0 +1,126 @@
+"""Per-class trends: class-mean maps, region and frame shares against hand computations; the
+trend tables and figures; the GIF gallery and the occlusion-curve figure."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from harness.evaluate.occlusion import OcclusionCurve
+from harness.evaluate.trends import (
+    class_mean_maps,
+    frame_shares,
+    parse_regions,
+    region_names,
+    region_shares,
+)
+from reports.curves import plot_occlusion_curves
+from reports.gallery import save_clip_gif
+from reports.trends import plot_class_trends, trend_table, write_trends
+
+
+def test_class_mean_maps_normalise_each_clip_then_average():
+    relevance = torch.tensor(
+        [[[[1.0, 3.0]]], [[[2.0, 2.0]]], [[[-1.0, 0.0]]], [[[0.5, 1.5]]]]
+    )  # [N=4, T=1, h=1, w=2]
+    labels = torch.tensor([0, 0, 1, 0])
+    maps = class_mean_maps(relevance, labels, num_classes=3)
+    assert maps.shape == (3, 1, 1, 2)
+    # class 0: [.25, .75], [.5, .5], [.25, .75] -> mean; scale does not matter (clip 3 = clip 0 / 2)
+    torch.testing.assert_close(maps[0].flatten(), torch.tensor([1 / 3, 2 / 3]))
+    # class 1: no positive mass (negative clipped to 0) -> uniform
+    torch.testing.assert_close(maps[1].flatten(), torch.tensor([0.5, 0.5]))
+    assert torch.isnan(maps[2]).all()  # no clip of class 2
+    with pytest.raises(ValueError, match="labels"):
+        class_mean_maps(relevance, labels[:2], 3)
+
+
+def test_region_assignment_by_centre_when_h_is_not_a_multiple_of_rows():
+    maps = torch.arange(9.0).view(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]], total 36
+    # centres of rows/cols 0, 1, 2 at 1/6, 1/2, 5/6: region 0 | 1 | 1 (the boundary goes later)
+    shares = region_shares(maps, (2, 2))
+    expected = torch.tensor([[0.0, 1 + 2, 3 + 6, 4 + 5 + 7 + 8]]) / 36
+    torch.testing.assert_close(shares, expected)
+    # 2 cells into 3 regions: the middle one is empty
+    two = torch.tensor([[[[1.0], [3.0]]]])  # h = 2, w = 1
+    torch.testing.assert_close(region_shares(two, (3, 1)), torch.tensor([[0.25, 0.0, 0.75]]))
+    # one region per cell
+    torch.testing.assert_close(region_shares(maps, (3, 3)), maps.view(1, 9) / 36)
+    assert region_shares(maps, (1, 1)).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 1 x 1"):
+        region_shares(maps, (0, 2))
+
+
+def test_planted_relevance_trends():
+    # T = 3 frames of 4 x 4: background 1 everywhere; class 0 plants +12 on the top-left 2 x 2
+    # of frame 0, class 1 on the bottom-right 2 x 2 of frame 2
+    relevance = torch.ones(4, 3, 4, 4)
+    relevance[0, 0, :2, :2] += 12
+    relevance[1, 0, :2, :2] += 12
+    relevance[2, 2, 2:, 2:] += 12
+    relevance[1] *= 5.0  # scale of a clip does not matter
+    labels = torch.tensor([0, 0, 1, 2])
+    maps = class_mean_maps(relevance, labels, 3)
+    # total 48 + 48 = 96: the planted region holds (3 frames * 4 cells + 48) / 96 = 0.625
+    regions = region_shares(maps, (2, 2))
+    torch.testing.assert_close(regions[0], torch.tensor([0.625, 0.125, 0.125, 0.125]))
+    torch.testing.assert_close(regions[1], torch.tensor([0.125, 0.125, 0.125, 0.625]))
+    torch.testing.assert_close(regions[2], torch.full((4,), 0.25))  # uniform background only
+    frames = frame_shares(maps)
+    torch.testing.assert_close(frames[0], torch.tensor([64 / 96, 16 / 96, 16 / 96]))
+    torch.testing.assert_close(frames[1], torch.tensor([16 / 96, 16 / 96, 64 / 96]))
+    torch.testing.assert_close(frames.sum(1), torch.ones(3))
+    torch.testing.assert_close(regions.sum(1), torch.ones(3))
+
+
+def test_region_names_and_parsing():
+    assert region_names((2, 2)) == ["top-left", "top-right", "bottom-left", "bottom-right"]
+    assert region_names((1, 3)) == ["left", "centre", "right"]
+    assert region_names((1, 1)) == ["all"]
+    assert region_names((4, 1))[:2] == ["r0c0", "r1c0"]
+    assert parse_regions("3x2") == (3, 2)
+    for bad in ("2", "0x2", "axb", "2x2x2"):
+        with pytest.raises(ValueError, match="ROWSxCOLS"):
+            parse_regions(bad)
+
+
+def test_trend_tables_and_figures(tmp_path):
+    relevance = torch.rand(6, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1, 0, 0])
+    maps = class_mean_maps(relevance, labels, 3)
+    table = trend_table(maps, ["a", "b", "c"], [4, 2, 0], (2, 2))
+    assert list(table.columns) == [
+        "class", "clips", "top-left", "top-right", "bottom-left", "bottom-right",
+        "frame_1", "frame_2",
+    ]  # fmt: skip
+    assert table.loc[:1, "top-left":"bottom-right"].sum(axis=1).tolist() == pytest.approx([1, 1])
+    assert math.isnan(table.loc[2, "frame_1"])
+    paths = write_trends({"x": table, "y": table}, tmp_path, "T", synthetic=True)
+    text = paths["md"].read_text()
+    assert "SYNTHETIC" in text and "## x" in text and "## y" in text and "frame 2" in text
+    stacked = pd.read_csv(paths["csv"])
+    assert stacked["explainer"].tolist() == ["x"] * 3 + ["y"] * 3
+    assert stacked["synthetic"].all()
+    figure = plot_class_trends(maps, ["a", "b", "c"], tmp_path / "t" / "x.png", "T", [4, 2, 0])
+    assert figure.stat().st_size > 0
+
+
+def test_clip_gif_has_one_frame_per_clip_frame(tmp_path):
+    clip = torch.rand(3, 3, 12, 12)
+    relevance = torch.rand(3, 2, 2)
+    path = save_clip_gif(clip, relevance, tmp_path / "g" / "c.gif", title="x (SYNTHETIC)")
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3
+    with pytest.raises(ValueError, match="frames"):
+        save_clip_gif(clip, relevance[:2], tmp_path / "bad.gif")
+
+
+def test_occlusion_curves_figure(tmp_path):
+    curve = OcclusionCurve([0.0, 0.5], 2, [2, 0], [2, 1], [1.8, 0.2], [1.8, 1.0])
+    path = plot_occlusion_curves({"a": curve, "random": curve}, tmp_path / "c.png", "title")
+    assert path.stat().st_size > 0
+    plot_occlusion_curves({"a": curve}, tmp_path / "p.png", "t", metric="probability")
+    with pytest.raises(ValueError, match="metric"):
+        plot_occlusion_curves({"a": curve}, tmp_path / "q.png", metric="loss")
