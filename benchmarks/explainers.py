@@ -1,17 +1,18 @@
 """Every explainer's cost as a ratio of the model's forward pass on the same batch.
 
     python benchmarks/explainers.py [--model tiny|base|both] [--batch-size 8] [--repeats 10]
-                                    [--warmup 2] [--threads 1] [--device cpu|cuda]
+        [--warmup 2] [--reference-repeats 3] [--threads 1] [--device cpu|cuda] [--clock wall|cpu]
 
 For each model (the project's tiny TimeSformer and a bigger "base" one) it times, as the median of
-`--repeats` runs after `--warmup` runs (CUDA work is synchronised before each clock reading):
+`--repeats` runs after `--warmup` runs (CUDA work is synchronised before each clock reading; on a
+shared CPU, `--clock cpu` reads the process's CPU time instead of the wall clock):
 
 * the forward pass without capture (the 1.0 baseline), with the attentions captured, and with the
   autograd graph kept (what the gradient explainers run); the backward to the attentions
   (rollout_grad, tibav) and to the last block's tokens (gradcam, gradcam_pp), each on its own;
 * every explainer given the already-captured tensors (and gradients): the block path that
-  `explain_video` runs (`divided_steps` + the explainer) and, for the attention explainers, the dense
-  reference (`compose_divided` + the same explainer; `--reference-repeats` runs, it is slow);
+  `explain_video` runs (`divided_steps` + the explainer) and, for the attention explainers, the
+  dense reference (`compose_divided` + the same explainer; `--reference-repeats` runs: slow);
 * every explainer end to end: `explain_video(model, clips, name)`, its own forward included;
 * the row-vector rollout (`harness.explain.rollout`, on the dense composed steps and on the block
   steps) against the naive full-matrix product, whose agreement to 1e-5 is asserted.
@@ -55,7 +56,11 @@ TARGETED = ("rollout", "rollout_fem")
 
 # name -> (description, TimeSformerClassifier.from_config keywords, clip side)
 MODELS: dict[str, tuple[str, dict[str, int], int]] = {
-    "tiny": ("8 frames 32x32, patch 8 (16 patches/frame, N=129), width 64, 2 blocks, 4 heads", {}, 32),
+    "tiny": (
+        "8 frames 32x32, patch 8 (16 patches/frame, N=129), width 64, 2 blocks, 4 heads",
+        {},
+        32,
+    ),
     "base": (
         "8 frames 64x64, patch 8 (64 patches/frame, N=513), width 192, 4 blocks, 6 heads",
         {"image_size": 64, "hidden_size": 192, "num_layers": 4, "num_heads": 6},
@@ -65,10 +70,12 @@ MODELS: dict[str, tuple[str, dict[str, int], int]] = {
 
 
 class Timer:
-    """Median wall time of a callable, synchronising CUDA around every run."""
+    """Median time of a callable, synchronising CUDA around every run. clock: "wall" (elapsed
+    time) or "cpu" (this process's CPU time: what one thread costs, whatever else runs)."""
 
-    def __init__(self, device: torch.device, repeats: int, warmup: int) -> None:
+    def __init__(self, device: torch.device, repeats: int, warmup: int, clock: str) -> None:
         self.device, self.repeats, self.warmup = device, repeats, warmup
+        self.clock = time.perf_counter if clock == "wall" else time.process_time
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -80,10 +87,10 @@ class Timer:
         times = []
         for _ in range(repeats or self.repeats):
             self._sync()
-            start = time.perf_counter()
+            start = self.clock()
             fn()
             self._sync()
-            times.append(time.perf_counter() - start)
+            times.append(self.clock() - start)
         return 1e3 * statistics.median(times)
 
 
@@ -112,7 +119,8 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
     with torch.no_grad():
         forward = timer.ms(lambda: model(clips))
         rows.append(("forward, no capture (the baseline)", forward))
-        rows.append(("forward with attention capture", timer.ms(lambda: model(clips, capture=True))))
+        captured_ms = timer.ms(lambda: model(clips, capture=True))
+        rows.append(("forward with attention capture", captured_ms))
         out = model(clips, capture=True)
     with torch.enable_grad():
         rows.append(
@@ -148,26 +156,21 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
             grad = explainer in NEEDS_GRADIENTS
             if explainer in ATTENTION_EXPLAINERS:
                 fn = ATTENTION_EXPLAINERS[explainer]
-                for label, compose in (("block path", divided_steps), ("dense", compose_divided)):
 
-                    def run(fn=fn, compose=compose, grad=grad) -> torch.Tensor:
-                        if grad:
-                            return fn(compose(att), compose(grads, gradient=True))
-                        return fn(compose(att))
+                def run(compose, fn=fn, grad=grad) -> torch.Tensor:
+                    if grad:
+                        return fn(compose(att), compose(grads, gradient=True))
+                    return fn(compose(att))
 
-                    if label == "dense":
-                        ms = timer.ms(run, repeats=args.reference_repeats)
-                        what = f"{explainer}: dense reference (compose_divided + explainer)"
-                    else:
-                        ms = captured[explainer] = timer.ms(run)
-                        what = f"{explainer}: on captured tensors (divided_steps + explainer)"
-                    rows.append((what, ms))
+                ms = captured[explainer] = timer.ms(lambda run=run: run(divided_steps))
+                rows.append((f"{explainer}: on captured tensors (divided_steps + explainer)", ms))
+                ms = timer.ms(lambda run=run: run(compose_divided), args.reference_repeats)
+                rows.append((f"{explainer}: dense reference (compose_divided + explainer)", ms))
             else:
                 if explainer == "random":
-                    shape = (args.batch_size, *grid)
 
                     def run() -> torch.Tensor:
-                        return random_relevance(shape, device=args.device)
+                        return random_relevance((args.batch_size, *grid), device=args.device)
 
                 else:
                     fn = FEATURE_EXPLAINERS[explainer]
@@ -229,8 +232,8 @@ def device_name(device: torch.device, threads: int) -> str:
 def markdown(results: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         f"Device: {device_name(args.device, args.threads)}; torch {torch.__version__}; "
-        f"batch {args.batch_size}; median of {args.repeats} runs after {args.warmup} warm-up "
-        f"(dense reference and full-matrix rows: {args.reference_repeats}).",
+        f"batch {args.batch_size}; {args.clock} clock; median of {args.repeats} runs after "
+        f"{args.warmup} warm-up (dense reference and full-matrix rows: {args.reference_repeats}).",
         "",
     ]
     for res in results:
@@ -276,12 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: the process's CPU time (CPU only; with --threads 1 it is "
+        "robust to other work on a shared machine)",
+    )
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.device.type == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures CPU work only; use --clock wall with --device cuda")
     torch.set_num_threads(args.threads)
-    timer = Timer(args.device, args.repeats, args.warmup)
+    timer = Timer(args.device, args.repeats, args.warmup, args.clock)
     names = ("tiny", "base") if args.model == "both" else (args.model,)
     results = [benchmark_model(name, args, timer) for name in names]
     print(markdown(results, args))

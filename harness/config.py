@@ -73,6 +73,8 @@ def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in TRIAL_SECTIONS
               if key != "method"}  # fmt: skip
     config["method"] = OmegaConf.to_container(cfg.methods[method], resolve=True)
+    if not config["train"].get("threads"):  # one torch thread per CPU Ray gives the trial
+        config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
     config.update(experiment=cfg.experiment, modality=cfg.modality, seed=int(cfg.seed))
     return config
 

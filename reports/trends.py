@@ -8,6 +8,7 @@ class: the mean map of each frame as a heatmap, then a bar chart of the frame sh
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def plot_class_trends(
         ax.set_yticks([])
         ax.set_xticks(centres if k == K - 1 else [])
         ax.set_xticklabels([str(t + 1) for t in range(T)] if k == K - 1 else [], fontsize=6)
-        label = class_names[k] + (f"\n({counts[k]} clips)" if counts is not None else "")
+        label = textwrap.fill(class_names[k].replace("_", " "), 14)
+        label += f"\n({counts[k]} clips)" if counts is not None else ""
         ax.set_ylabel(label, fontsize=7)
         bar = axes[k][1]
         bar.bar(np.arange(1, T + 1), shares[k], color="tab:blue")
@@ -144,7 +146,7 @@ def plot_class_trends(
     axes[K - 1][1].set_xlabel("frame", fontsize=7)
     axes[0][1].set_title("frame shares (-- uniform)", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.88, top=1 - 0.45 / fig.get_figheight(), bottom=0.12,
+    fig.subplots_adjust(left=0.1, right=0.88, top=1 - 0.45 / fig.get_figheight(), bottom=0.12,
                         wspace=0.15, hspace=0.25)  # fmt: skip
     if image is not None:
         colourbar = fig.colorbar(image, cax=fig.add_axes([0.9, 0.15, 0.015, 0.7]))

@@ -190,4 +190,4 @@ def test_a_planted_salient_token_is_found_where_it_is(workspace):
     assert oracle.curve.lerf_accuracy == [1.0, 1.0, 1.0]
     assert (oracle.seed_morf_accuracy, oracle.seed_lerf_accuracy) == (0.0, 1.0)
     random = evaluate_occlusion(trained.model, method, dataset, indices, cfg, 4, explainer="random")
-    assert oracle.curve.gap == 0.5 > random.curve.gap
+    assert oracle.curve.gap == 0.75 > random.curve.gap  # AUCs 0.25 and 1

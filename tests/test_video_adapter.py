@@ -132,30 +132,37 @@ def _divided(seed, *, B=2, H=3, T=4, h=2, w=3, layers=2, offset=0.0):
     return DividedAttention(captured, (T, h, w)), DividedAttention(grads, (T, h, w))
 
 
-def test_divided_steps_hold_the_composed_matrices():
-    att, grad = _divided(0)
+GRIDS = [(4, 2, 3), (2, 6, 6)]  # (T, h, w): small blocks; P = 36 > 32, the batched-matmul branch
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_divided_steps_hold_the_composed_matrices(grid):
+    T, h, w = grid
+    att, grad = _divided(0, T=T, h=h, w=w)
     for gradient, attention in ((False, att), (True, grad)):
         dense = compose_divided(attention, gradient=gradient)
         steps = divided_steps(attention, gradient=gradient)
         assert len(steps) == len(dense) == 4
         for m, d in zip(steps, dense):
-            assert m.n == d.shape[-1] == 25
+            assert m.n == d.shape[-1] == 1 + T * h * w
+            torch.testing.assert_close(m.first_row(), d[..., 0, :])
             r = torch.randn(d.shape[:-1], dtype=torch.float64)
             plain = r + (r.unsqueeze(-2) @ d).squeeze(-2)  # r (I + X)
             torch.testing.assert_close(m.propagate(r, normalise=False), plain)
             normalised = r / (1 + d.sum(-1))
             normalised = normalised + (normalised.unsqueeze(-2) @ d).squeeze(-2)
             torch.testing.assert_close(m.propagate(r, normalise=True), normalised)
-            # Every entry off the structure is 0: the values carry the whole sum.
-            torch.testing.assert_close(m.values.sum(-1), d.sum((-2, -1)))
+            # Every entry off the structure is 0: the parts carry the whole sum.
+            total = sum(p.sum(tuple(range(2, p.dim()))) for p in m.parts)
+            torch.testing.assert_close(total, d.sum((-2, -1)))
 
 
 CASES = [
     ("rollout", {}),
     ("rollout", {"head_fusion": "min"}),
     ("rollout", {"head_fusion": "max"}),
-    ("rollout", {"discard_ratio": 0.5}),  # the cut falls among the structural zeros
-    ("rollout", {"discard_ratio": 0.75}),  # ... among the entries of the spatial blocks
+    ("rollout", {"discard_ratio": 0.5}),  # grid (4, 2, 3): the cut falls among the zeros
+    ("rollout", {"discard_ratio": 0.75}),  # ... among the spatial blocks
     ("rollout", {"discard_ratio": 0.85}),  # ... of both blocks
     ("rollout", {"head_fusion": "max", "discard_ratio": 0.85}),
     ("rollout_fem", {}),
@@ -169,8 +176,10 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "params"), CASES)
 @pytest.mark.parametrize("offset", [0.0, 0.1])
-def test_block_path_equals_the_dense_reference(name, params, offset):
-    att, grad = _divided(1, offset=offset)
+@pytest.mark.parametrize("grid", GRIDS)
+def test_block_path_equals_the_dense_reference(name, params, offset, grid):
+    T, h, w = grid
+    att, grad = _divided(1, offset=offset, T=T, h=h, w=w)
     fn = ATTENTION_EXPLAINERS[name]
     args = [compose_divided(att)], [divided_steps(att)]
     if name in NEEDS_GRADIENTS:
@@ -179,7 +188,7 @@ def test_block_path_equals_the_dense_reference(name, params, offset):
             [*args[1], divided_steps(grad, gradient=True)],
         )
     dense, fast = fn(*args[0], **params), fn(*args[1], **params)
-    assert dense.shape == (2, 24) and dense.abs().sum() > 0
+    assert dense.shape == (2, T * h * w) and dense.abs().sum() > 0
     torch.testing.assert_close(fast, dense, **EXACT)
 
 
@@ -211,3 +220,26 @@ def test_explain_video_equals_the_dense_reference(name):
     else:
         reference = fn(steps)
     torch.testing.assert_close(explanation.relevance, reference.reshape(3, 4, 2, 2), **EXACT)
+
+
+def test_cam_features_receive_gradient_on_patch_tokens(model):
+    """The CAM feature map is the last block's input: its patch tokens still reach the class."""
+    out = model(torch.rand(2, 4, 3, 16, 16), capture=True)
+    (grad,) = torch.autograd.grad(out.logits[:, 0].sum(), out.features)
+    assert grad[:, 1:].abs().sum() > 0
+    assert explain_video(model, torch.rand(2, 4, 3, 16, 16), "gradcam").relevance.abs().sum() > 0
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_block_path_is_differentiable_like_the_dense_one(grid):
+    T, h, w = grid
+    att, grad = _divided(2, T=T, h=h, w=w)
+    leaves = [a.clone().requires_grad_() for a in att.captured]
+    attention = DividedAttention(leaves, att.grid)
+    grads = []
+    for compose in (compose_divided, divided_steps):
+        relevance = ATTENTION_EXPLAINERS["rollout"](compose(attention), discard_ratio=0.5)
+        tibav = ATTENTION_EXPLAINERS["tibav"](compose(attention), compose(grad, gradient=True))
+        grads.append(torch.autograd.grad((relevance + tibav).square().sum(), leaves))
+    for dense, fast in zip(*grads):
+        torch.testing.assert_close(fast, dense, **EXACT)

@@ -209,7 +209,8 @@ def write_explainer_table(
         "the (frame, patch) tokens; the most (MoRF) or least (LeRF) relevant share is occluded in "
         "the full-resolution clip and the method's own prediction pipeline classifies it. "
         "AUC: area under accuracy (prob: target-class probability) vs share occluded, divided by "
-        "the level range; gap = LeRF - MoRF (higher = more faithful; random is the floor). "
+        "the level range; gap = LeRF - MoRF (higher = more faithful; random: the chance reference, "
+        "gap about 0). "
         "seed_*: accuracy under the 001 seed's protocol (the 30% most/least relevant spatial "
         "patches in every frame plus the 2 most/least relevant frames). seconds: the explainer's "
         "occlusion test (explanations and all predictions).",
@@ -316,7 +317,8 @@ def evaluate_explainers(
     notes = {
         "source": source or str(weights.parent),
         "method": method.name + f" (its own explainer: {method.explainer})",
-        f"{split} accuracy": f"{accuracy.accuracy:.4f} (the 0% point of every curve)",
+        f"{split} accuracy": f"{accuracy.accuracy:.4f}"
+        + (" (the 0% point of every curve)" if 0.0 in eval_cfg["occlusion_levels"] else ""),
         "occlusion": f"levels {levels}; fill {eval_cfg['occlusion_value']}; seed protocol "
         f"{float(protocol['spatial_fraction']):.0%} of spatial patches + {protocol['frames']} "
         f"frames",

@@ -11,18 +11,18 @@ by propagating a row vector r <- r M_l from the last layer down: L vector-matrix
 O(L N^2), never the O(L N^3) matrix product. Everything is differentiable where the maths is.
 
 A layer may also be given as a structured :class:`Mixing` instead of a dense tensor: the values of
-the entries of X_l that can be non-zero, with its own row sums and vector-matrix product. Every
-per-layer step of the explainers (head fusion, A * dA, relu, discarding) is entry-wise or over
-heads, so it runs on those values unchanged, and the result is the dense one exactly without
-ever forming an N x N matrix (``harness.explain.video.divided_steps``: TimeSformer's divided
-space-time attention, whose N x N steps are block-diagonal).
+the entries of X_l that can be non-zero, with its own propagation step. Every per-layer step of the
+explainers (head fusion, A * dA, relu, discarding) is entry-wise or over heads, so it runs on those
+values unchanged, and the result is the dense one exactly without ever forming an N x N matrix
+(``harness.explain.video.divided_steps``: TimeSformer's divided space-time attention, whose
+N x N steps are block-diagonal).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -38,36 +38,43 @@ _FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 class Mixing(Protocol):
-    """A token-mixing matrix X [..., N, N] (``...`` = B, H as given; B once heads are fused) as the
-    values of the entries that can be non-zero; every other entry is 0.
+    """A token-mixing matrix X [..., N, N] (``...`` = B, H as given; B once heads are fused) held
+    as the values of the entries that can be non-zero, every other entry being 0.
 
-    values: [..., E], in an order fixed by the structure, entry 0 being X[0, 0];
-    with_values(v): the same structure holding v [..., E] (other leading dims allowed);
+    parts: those values, each entry once, in tensors [..., *shape_i] (any strides, e.g. views of
+    the model's own attention tensors); the first entry of parts[0] is X[0, 0];
+    with_parts(parts): the same structure holding other values (other leading dims allowed);
+    first_row(): X[0, :] [..., N];
     propagate(r, normalise): r [..., N] -> r D^-1 (I + X) [..., N], D = diag(rowsum(I + X)) if
     normalise else I: one step of the class-row propagation.
     """
 
     n: int  # N, the number of tokens
-    values: Tensor
+    parts: tuple[Tensor, ...]
 
-    def with_values(self, values: Tensor) -> Mixing: ...
+    def with_parts(self, parts: Sequence[Tensor]) -> Mixing: ...
+
+    def first_row(self) -> Tensor: ...
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor: ...
 
 
 @dataclass(frozen=True)
 class DenseMixing:
-    """X as a dense matrix: all N^2 entries, row-major (values = X.flatten(-2), a view)."""
+    """X as a dense matrix: one part, X itself [..., N, N]."""
 
     n: int
-    values: Tensor  # [..., N*N]
+    parts: tuple[Tensor]
 
-    def with_values(self, values: Tensor) -> DenseMixing:
-        return replace(self, values=values)
+    def with_parts(self, parts: Sequence[Tensor]) -> DenseMixing:
+        return DenseMixing(self.n, tuple(parts))
+
+    def first_row(self) -> Tensor:
+        return self.parts[0][..., 0, :]
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor:
         # r D^-1 (I + X) = r' + r' X with r' = r / rowsum, so I is never materialised.
-        x = self.values.unflatten(-1, (self.n, self.n))
+        (x,) = self.parts
         if normalise:
             r = r / (1 + x.sum(-1))
         return r + (r.unsqueeze(-2) @ x).squeeze(-2)
@@ -81,14 +88,14 @@ def _as_mixing(name: str, i: int, a: Tensor | Mixing) -> Mixing:
         raise ValueError(
             f"{name}[{i}] must have shape [B, H, N, N] with N >= 2; got {tuple(shape)}"
         )
-    return DenseMixing(shape[-1], a.flatten(-2))
+    return DenseMixing(shape[-1], (a,))
 
 
-def _shape(m: Mixing) -> tuple[int, ...]:
-    """How a layer shows in messages: [B, H, N, N] for dense, [B, H, E] values otherwise."""
+def _shape(m: Mixing) -> tuple[int, ...] | str:
+    """How a layer shows in messages: [B, H, N, N] if dense, else the shapes of its parts."""
     if isinstance(m, DenseMixing):
-        return (*m.values.shape[:-1], m.n, m.n)
-    return tuple(m.values.shape)
+        return tuple(m.parts[0].shape)
+    return f"{type(m).__name__} of N={m.n} with parts {[tuple(p.shape) for p in m.parts]}"
 
 
 def _validate(
@@ -97,19 +104,17 @@ def _validate(
     """Check shapes/values; return the per-layer tuples (A_l,) or (A_l, dA_l), first layer first.
 
     Every layer has the same B, H and N; dense layers are wrapped as :class:`DenseMixing`; a
-    gradient has the structure and shape of its attention.
+    gradient has the structure and shapes of its attention.
     """
     atts = [_as_mixing("attentions", i, a) for i, a in enumerate(attentions)]
     if not atts:
         raise ValueError("attentions must be a non-empty sequence of [B, H, N, N] tensors")
-    lead, n = atts[0].values.shape[:-1], atts[0].n
-    if len(lead) != 2 or n < 2:
-        raise ValueError(f"attentions[0] must be [B, H, N, N] with N >= 2; got {_shape(atts[0])}")
-    for i, m in enumerate(atts[1:], 1):
-        if m.values.shape[:-1] != lead or m.n != n:
+    lead, n = atts[0].parts[0].shape[:2], atts[0].n
+    for i, m in enumerate(atts):
+        if n < 2 or any(p.dim() < 2 or p.shape[:2] != lead for p in m.parts) or m.n != n:
             raise ValueError(
                 f"attentions[{i}] has shape {_shape(m)}; expected {_shape(atts[0])} "
-                f"(the B, H and N of attentions[0])"
+                f"(the B, H and N >= 2 of attentions[0])"
             )
     named = {"attentions": atts}
     if gradients is not None:
@@ -119,50 +124,61 @@ def _validate(
                 f"expected one gradient per attention layer ({len(atts)}); got {len(grads)}"
             )
         for i, (g, a) in enumerate(zip(grads, atts)):
-            if type(g) is not type(a) or g.values.shape != a.values.shape or g.n != a.n:
+            if type(g) is not type(a) or _shape(g) != _shape(a):
                 raise ValueError(
                     f"gradients[{i}] has shape {_shape(g)}; expected {_shape(a)} "
                     f"(the shape of attentions[{i}])"
                 )
         named["gradients"] = grads
     for name, layers in named.items():
-        # min and max of every layer propagate NaN and inf: one small check, one sync per sequence
-        bounds = torch.stack([b for m in layers for b in torch.aminmax(m.values)])
-        finite = bounds.isfinite().view(-1, 2).all(-1)
-        if not bool(finite.all()):
-            i = int((~finite).nonzero()[0, 0])
-            raise ValueError(f"{name}[{i}] contains NaN or inf; expected finite values")
+        # NaN and inf make a sum non-finite, so finite sums clear every value at one pass each
+        # and one sync per sequence; a non-finite sum (NaN, inf or an overflow) is checked exactly.
+        sums = torch.stack([p.sum() for m in layers for p in m.parts])
+        if not bool(sums.isfinite().all()):
+            for i, m in enumerate(layers):
+                if not all(
+                    bool(torch.stack([p.amin(), p.amax()]).isfinite().all()) for p in m.parts
+                ):
+                    raise ValueError(f"{name}[{i}] contains NaN or inf; expected finite values")
     return list(zip(*named.values(), strict=True))
 
 
 def _class_row(
-    layers: list[tuple[Mixing, ...]], build: Callable[..., Tensor], normalise: bool
+    layers: list[tuple[Mixing, ...]],
+    build: Callable[..., Tensor],
+    normalise: bool,
+    finish: Callable[[list[Tensor]], list[Tensor]] | None = None,
 ) -> Tensor:
     """e_0^T M_L ... M_1 over tokens 1..N-1, M_l = D_l^-1 (I + X_l).
 
-    X_l has the structure of layers[l][0] and the values build(*(m.values for m in layers[l]))
-    ([..., E], ``...`` = B or B, H); D_l = diag(rowsum(I + X_l)) if normalise else I.
-    Returns [..., N-1].
+    X_l has the structure of layers[l][0] and, part by part, the values build(*(the part of each
+    of layers[l])) (``...`` = B or B, H), then finish(all of them) if given;
+    D_l = diag(rowsum(I + X_l)) if normalise else I. Returns [..., N-1].
     """
     r = None
     for layer in reversed(layers):
-        x = layer[0].with_values(build(*(m.values for m in layer)))
-        if r is None:
-            r = x.values.new_zeros((*x.values.shape[:-1], x.n))  # [..., N]
-            r[..., 0] = 1
-        r = x.propagate(r, normalise)
+        parts = [build(*same) for same in zip(*(m.parts for m in layer))]
+        x = layer[0].with_parts(parts if finish is None else finish(parts))
+        if r is None:  # e_0 (I + X_L) = e_0 + X_L[0, :], whose sum is row 0's sum of I + X_L
+            r = x.first_row().clone()
+            r[..., 0] += 1
+            if normalise:
+                r = r / r.sum(-1, keepdim=True)
+        else:
+            r = x.propagate(r, normalise)
     return r[..., 1:]
 
 
-def _discard_lowest(f: Tensor, n: int, ratio: float) -> Tensor:
-    """Zero the int(ratio * N^2) lowest entries of each N x N matrix, given as f [B, E]: the values
-    of its entries that can be non-zero (entry 0 = [0, 0]; the N^2 - E others are zeros, which
-    count in the ranking). The entry [0, 0] is spared (jacobgil/vit-explain convention: the spared
-    entry is not replaced). Ties at the cut are all dropped (vit-explain's topk breaks them
-    arbitrarily); dropping a zero changes nothing, so only f's entries are touched."""
+def _discard_lowest(parts: list[Tensor], n: int, ratio: float) -> list[Tensor]:
+    """Zero the int(ratio * N^2) lowest entries of each N x N matrix, given as parts [B, ...]: the
+    values of its entries that can be non-zero (the first of parts[0] is [0, 0]; the N^2 - E
+    others are zeros, which count in the ranking). The entry [0, 0] is spared (jacobgil/vit-explain
+    convention: the spared entry is not replaced). Ties at the cut are all dropped (vit-explain's
+    topk breaks them arbitrarily); dropping a zero changes nothing, so only the parts change."""
     n_drop = int(n * n * ratio)
     if n_drop == 0:
-        return f
+        return parts
+    f = torch.cat([p.flatten(1) for p in parts], 1)  # [B, E]
     n_zero = n * n - f.shape[-1]  # implicit zeros
     cut = f.kthvalue(min(n_drop, f.shape[-1]), -1, keepdim=True).values
     if n_zero:  # sorted: f's negatives, then the zeros, then f's other entries
@@ -170,9 +186,13 @@ def _discard_lowest(f: Tensor, n: int, ratio: float) -> Tensor:
         negatives = (f < 0).sum(-1, keepdim=True)
         zero_cut = torch.where(n_drop <= negatives + n_zero, 0, above)
         cut = torch.where(n_drop <= negatives, cut, zero_cut)
-    drop = f <= cut
-    drop[..., 0] = False
-    return f.masked_fill(drop, 0)
+    out = []
+    for i, p in enumerate(parts):
+        drop = p <= cut.view(-1, *[1] * (p.dim() - 1))
+        if i == 0:
+            drop.view(drop.shape[0], -1)[:, 0] = False
+        out.append(p.masked_fill(drop, 0))
+    return out
 
 
 def rollout(
@@ -192,7 +212,9 @@ def rollout(
     fuse = _FUSIONS[head_fusion]
     layers = _validate(attentions)
     n = layers[0][0].n
-    return _class_row(layers, lambda a: _discard_lowest(fuse(a), n, discard_ratio), normalise=True)
+    return _class_row(
+        layers, fuse, normalise=True, finish=lambda f: _discard_lowest(f, n, discard_ratio)
+    )
 
 
 def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:

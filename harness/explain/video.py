@@ -21,20 +21,21 @@ Gradients are mapped by the chain rule onto the same entries: d/dD[0, (t,q)] = T
 and d/dD[0, 0] = sum_t d/da_t[0, 0]; every other entry is copied. Hence A * dA (Rollout-Grad, TIBAV)
 is the same whether computed on the blocks or on the composed matrices.
 
-Both matrices are block-diagonal (per patch, per frame) plus the class row and column, so at most
+Both matrices are block-diagonal (per patch, per frame) plus the class row and column: at most
 1 + T*T*P (temporal) and 1 + 2*T*P + T*P*P (spatial) of their N^2 entries can be non-zero.
-`divided_steps` gives the same steps as `compose_divided` in that form (`TemporalMixing`,
-`SpatialMixing`: the values of those entries, with the steps' row sums and vector-matrix products
-done block by block), and the explainers of `harness.explain.attention` run on them unchanged,
-with the same result and without ever forming an N x N matrix: `explain_video` uses them;
-`compose_divided` with the dense matrices is the reference they are tested against.
+`divided_steps` gives the same steps as `compose_divided` in that form (`TemporalMixing` and
+`SpatialMixing`, the `Mixing` of `harness.explain.attention`: the values of those entries, mostly
+views of the captured attentions, propagating the class row block by block). The explainers run on
+them unchanged, give the same result and never form an N x N matrix: `explain_video` uses them,
+and `compose_divided` with its dense matrices is the reference they are tested against.
 
 The result of every explainer is one relevance per (frame, patch): [B, T, h, w].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -105,28 +106,27 @@ def compose_divided(attention: DividedAttention, *, gradient: bool = False) -> l
 class TemporalMixing:
     """The temporal step of `compose_temporal` as a `Mixing`, without its N x N matrix.
 
-    values [..., 1 + P*T*T]: X[0, 0], then X[(t, p), (u, p)] at [p, t, u] (patch p attending from
-    frame t to frame u); every other entry is 0.
+    parts: X[0, 0] [..., 1]; the per-patch blocks [..., P, T, T], X[(t, p), (u, p)] at [p, t, u]
+    (patch p attending from frame t to frame u). Every other entry is 0.
     """
 
     frames: int
     patches: int
-    values: Tensor
+    parts: tuple[Tensor, Tensor]
 
     @property
     def n(self) -> int:
         return 1 + self.frames * self.patches
 
-    def with_values(self, values: Tensor) -> TemporalMixing:
-        return replace(self, values=values)
+    def with_parts(self, parts: Sequence[Tensor]) -> TemporalMixing:
+        return TemporalMixing(self.frames, self.patches, tuple(parts))
 
-    def parts(self) -> tuple[Tensor, Tensor]:
-        """Views: X[0, 0] [..., 1] and the per-patch blocks [..., P, T, T]."""
-        T, P = self.frames, self.patches
-        return self.values[..., :1], self.values[..., 1:].unflatten(-1, (P, T, T))
+    def first_row(self) -> Tensor:
+        corner = self.parts[0]
+        return torch.cat([corner, corner.new_zeros((*corner.shape[:-1], self.n - 1))], -1)
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor:
-        corner, blocks = self.parts()
+        corner, blocks = self.parts
         rp = r[..., 1:].unflatten(-1, (self.frames, self.patches)).transpose(-1, -2)  # [..., P, T]
         if normalise:
             rp = rp / blocks.sum(-1).add_(1)
@@ -140,69 +140,60 @@ class TemporalMixing:
 class SpatialMixing:
     """The spatial step of `compose_spatial` as a `Mixing`, without its N x N matrix.
 
-    values [..., 1 + T*P + T*P*(1+P)]: X[0, 0]; the class row X[0, (t, q)] at [t, q]; then the
-    rows of the patches, [t, p, 0] = X[(t, p), 0] (class column) and [t, p, 1 + q] =
-    X[(t, p), (t, q)] (frame t's block); every other entry is 0.
+    parts: X's row 0 [..., N] (X[0, 0], then the class row X[0, (t, q)] at 1 + t*P + q); the rows
+    of the patches [..., T, P, 1+P], [t, p, 0] = X[(t, p), 0] (class column) and [t, p, 1 + q] =
+    X[(t, p), (t, q)] (frame t's block). Every other entry is 0.
     """
 
     frames: int
     patches: int
-    values: Tensor
+    parts: tuple[Tensor, Tensor]
 
     @property
     def n(self) -> int:
         return 1 + self.frames * self.patches
 
-    def with_values(self, values: Tensor) -> SpatialMixing:
-        return replace(self, values=values)
+    def with_parts(self, parts: Sequence[Tensor]) -> SpatialMixing:
+        return SpatialMixing(self.frames, self.patches, tuple(parts))
 
-    def parts(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Views: X[0, 0] [..., 1], class row [..., T, P], the patches' rows [..., T, P, 1+P]."""
-        T, P = self.frames, self.patches
-        v = self.values
-        return (
-            v[..., :1],
-            v[..., 1 : 1 + T * P].unflatten(-1, (T, P)),
-            v[..., 1 + T * P :].unflatten(-1, (T, P, 1 + P)),
-        )
+    def first_row(self) -> Tensor:
+        return self.parts[0]
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor:
-        T, P = self.frames, self.patches
-        first = self.values[..., : 1 + T * P]  # X's row 0: X[0, 0], then the class row
-        rows = self.values[..., 1 + T * P :].unflatten(-1, (T, P, 1 + P))
+        first, rows = self.parts
         if normalise:
             sums = torch.cat([first.sum(-1, keepdim=True), rows.sum(-1).flatten(-2)], -1)
             r = r / sums.add_(1)
-        mixed = (r[..., 1:].unflatten(-1, (T, P)).unsqueeze(-1) * rows).sum(-2)  # [..., T, 1+P]
+        rp = r[..., 1:].unflatten(-1, (self.frames, self.patches))
+        if self.patches > 32:  # batched matmul over (B, T[, H]): the model's order, no copy
+            mixed = rp.movedim(-2, 1).unsqueeze(-2) @ rows.movedim(-3, 1)
+            mixed = mixed.squeeze(-2).movedim(1, -2)
+        else:  # small blocks: cheaper than a batched matmul of many tiny products
+            mixed = (rp.unsqueeze(-1) * rows).sum(-2)
+        # mixed [..., T, 1+P]: r X through the class column, then through the blocks
         out = torch.cat([mixed[..., 0].sum(-1, keepdim=True), mixed[..., 1:].flatten(-2)], -1)
-        return out.addcmul_(r[..., :1], first).add_(r)  # r X + r[0] X[0, :] + r
+        return out.addcmul_(r[..., :1], first).add_(r)  # + r[0] X[0, :] + r
 
 
 def temporal_step(temporal: Tensor) -> TemporalMixing:
-    """[B, P, H, T, T] temporal attention (or its gradient) -> the step of `compose_temporal`."""
+    """[B, P, H, T, T] temporal attention (or its gradient) -> the step of `compose_temporal`
+    (its blocks a view of `temporal`)."""
     B, P, H, T, _ = temporal.shape
-    step = TemporalMixing(T, P, temporal.new_empty(B, H, 1 + P * T * T))
-    corner, blocks = step.parts()
-    corner.fill_(1.0)
-    blocks.copy_(temporal.transpose(1, 2))
-    return step
+    return TemporalMixing(T, P, (temporal.new_ones(B, H, 1), temporal.transpose(1, 2)))
 
 
 def spatial_step(spatial: Tensor, *, gradient: bool = False) -> SpatialMixing:
     """[B, T, H, 1+P, 1+P] spatial attention (or its gradient, as in `compose_spatial`) -> the step
-    of `compose_spatial`."""
-    B, T, H, Q, _ = spatial.shape
+    of `compose_spatial` (its patches' rows a view of `spatial`)."""
+    T = spatial.shape[1]
     s = spatial.transpose(1, 2)  # [B, H, T, 1+P, 1+P]
-    step = SpatialMixing(T, Q - 1, spatial.new_empty(B, H, 1 + T * (Q - 1) * (1 + Q)))
-    corner, row, rows = step.parts()
     if gradient:
-        torch.sum(s[..., 0, 0], -1, keepdim=True, out=corner)
-        torch.mul(s[..., 0, 1:], T, out=row)
+        corner, row = s[..., 0, 0].sum(-1, keepdim=True), s[..., 0, 1:] * T
     else:
-        torch.mean(s[..., 0, 0], -1, keepdim=True, out=corner)
-        torch.div(s[..., 0, 1:], T, out=row)
-    rows.copy_(s[..., 1:, :])
-    return step
+        corner, row = s[..., 0, 0].mean(-1, keepdim=True), s[..., 0, 1:] / T
+    return SpatialMixing(
+        T, s.shape[-1] - 1, (torch.cat([corner, row.flatten(2)], -1), s[..., 1:, :])
+    )
 
 
 def divided_steps(attention: DividedAttention, *, gradient: bool = False) -> list[Mixing]:

@@ -56,7 +56,10 @@ class DividedAttention:
 class VideoOutput:
     logits: torch.Tensor  # [B, num_classes]
     attention: DividedAttention | None = None
-    features: torch.Tensor | None = None  # last block's tokens [B, 1 + P*T, C] in TimeSformer order
+    # Tokens entering the last block [B, 1 + P*T, C] (TimeSformer order): the CAM explainers'
+    # feature map. Not the last block's output: only its class token reaches the classifier, so
+    # the gradient on its patch tokens is zero (pytorch-grad-cam targets blocks[-1].norm1 too).
+    features: torch.Tensor | None = None
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -173,5 +176,5 @@ class TimeSformerClassifier(nn.Module):
         return VideoOutput(
             logits=out.logits,
             attention=DividedAttention(probs, self.grid),
-            features=out.hidden_states[-1],
+            features=out.hidden_states[-2],
         )
