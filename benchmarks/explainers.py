@@ -9,7 +9,8 @@ shared CPU, `--clock cpu` reads the process's CPU time instead of the wall clock
 
 * the forward pass without capture (the 1.0 baseline), with the attentions captured, and with the
   autograd graph kept (what the gradient explainers run); the backward to the attentions
-  (rollout_grad, tibav) and to the last block's tokens (gradcam, gradcam_pp), each on its own;
+  (rollout_grad, tibav) and to the tokens entering the last block (gradcam, gradcam_pp), each
+  on its own;
 * every explainer given the already-captured tensors (and gradients): the block path that
   `explain_video` runs (`divided_steps` + the explainer) and, for the attention explainers, the
   dense reference (`compose_divided` + the same explainer; `--reference-repeats` runs: slow);
@@ -33,9 +34,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
-
-from harness.explain import (  # noqa: E402
+from harness.explain import (
     ATTENTION_EXPLAINERS,
     EXPLAINERS,
     FEATURE_EXPLAINERS,
@@ -43,13 +42,13 @@ from harness.explain import (  # noqa: E402
     random_relevance,
     rollout,
 )
-from harness.explain.video import (  # noqa: E402
+from harness.explain.video import (
     compose_divided,
     divided_steps,
     explain_video,
     tokens_to_grid,
 )
-from harness.models.video import TimeSformerClassifier  # noqa: E402
+from harness.models.video import TimeSformerClassifier
 
 TARGET = 0.05  # rollout and rollout_fem, given the captured attentions, as a fraction of a forward
 TARGETED = ("rollout", "rollout_fem")
@@ -81,7 +80,8 @@ class Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def ms(self, fn: Callable[[], object], repeats: int | None = None) -> float:
+    def samples(self, fn: Callable[[], object], repeats: int | None = None) -> list[float]:
+        """Milliseconds of each of `repeats` runs after the warm-up runs."""
         for _ in range(self.warmup):
             fn()
         times = []
@@ -90,8 +90,11 @@ class Timer:
             start = self.clock()
             fn()
             self._sync()
-            times.append(self.clock() - start)
-        return 1e3 * statistics.median(times)
+            times.append(1e3 * (self.clock() - start))
+        return times
+
+    def ms(self, fn: Callable[[], object], repeats: int | None = None) -> float:
+        return statistics.median(self.samples(fn, repeats))
 
 
 def full_matrix_rollout(steps: list[torch.Tensor]) -> torch.Tensor:
@@ -115,10 +118,15 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
     grid = model.grid
     rows: list[tuple[str, float]] = []
 
-    # The forward passes and the backward passes.
+    # Settle the allocator and caches first: every path once or twice, untimed.
+    for _ in range(2):
+        explain_video(model, clips, "tibav")
+        explain_video(model, clips, "rollout")
+
+    # The forward passes and the backward passes. The baseline is timed before and after all the
+    # rest and its median taken over both, so that a drift in the machine's load shows less.
     with torch.no_grad():
-        forward = timer.ms(lambda: model(clips))
-        rows.append(("forward, no capture (the baseline)", forward))
+        baseline = timer.samples(lambda: model(clips))
         captured_ms = timer.ms(lambda: model(clips, capture=True))
         rows.append(("forward with attention capture", captured_ms))
         out = model(clips, capture=True)
@@ -140,7 +148,7 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
         )
         rows.append(
             (
-                "backward to the last tokens (gradcam, gradcam_pp)",
+                "backward to the last block's input tokens (gradcam, gradcam_pp)",
                 timer.ms(lambda: torch.autograd.grad(score, graph.features, retain_graph=True)),
             )
         )
@@ -190,6 +198,10 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
                 )
             )
 
+        baseline += timer.samples(lambda: model(clips))
+        forward = statistics.median(baseline)
+        rows.insert(0, ("forward, no capture (the baseline)", forward))
+
         # Row-vector rollout against the full-matrix product, on the same composed steps.
         steps = compose_divided(att)
         blocks = divided_steps(att)
@@ -233,7 +245,8 @@ def markdown(results: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         f"Device: {device_name(args.device, args.threads)}; torch {torch.__version__}; "
         f"batch {args.batch_size}; {args.clock} clock; median of {args.repeats} runs after "
-        f"{args.warmup} warm-up (dense reference and full-matrix rows: {args.reference_repeats}).",
+        f"{args.warmup} warm-up (the baseline: {args.repeats} before and {args.repeats} after the "
+        f"other rows; dense reference and full-matrix rows: {args.reference_repeats}).",
         "",
     ]
     for res in results:

@@ -243,3 +243,28 @@ def test_block_path_is_differentiable_like_the_dense_one(grid):
         grads.append(torch.autograd.grad((relevance + tibav).square().sum(), leaves))
     for dense, fast in zip(*grads):
         torch.testing.assert_close(fast, dense, **EXACT)
+
+
+def test_block_steps_are_validated_like_dense_ones():
+    att, grad = _divided(3)
+    rollout, tibav = ATTENTION_EXPLAINERS["rollout"], ATTENTION_EXPLAINERS["tibav"]
+    bad = [a.clone() for a in att.captured]
+    bad[1][0, 0, 2, 3] = float("nan")  # a patch's row of the first spatial step
+    with pytest.raises(ValueError, match=r"attentions\[1\] contains NaN or inf"):
+        rollout(divided_steps(DividedAttention(bad, att.grid)))
+    steps, dsteps = divided_steps(att), divided_steps(grad, gradient=True)
+    with pytest.raises(ValueError, match=r"gradients\[0\] has shape SpatialMixing"):
+        tibav(steps, dsteps[1:] + dsteps[:1])
+    # Finite values whose float32 sum overflows are not mistaken for inf.
+    huge = [(a * 1e37).float() for a in grad.captured]
+    steps32 = divided_steps(DividedAttention([a.float() for a in att.captured], att.grid))
+    tibav(steps32, divided_steps(DividedAttention(huge, att.grid), gradient=True))
+
+
+def test_gradient_steps_carry_no_gradient_on_the_class_pass_through(model):
+    out = model(torch.rand(2, 4, 3, 16, 16), capture=True)
+    grads = out.attention.gradients(out.logits[:, 0].sum())
+    temporal, spatial = compose_divided(grads, gradient=True)[:2]
+    assert (temporal[:, :, 0, 0] == 0).all() and (
+        compose_divided(out.attention)[0][:, :, 0, 0] == 1
+    ).all()

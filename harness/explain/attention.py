@@ -124,7 +124,8 @@ def _validate(
                 f"expected one gradient per attention layer ({len(atts)}); got {len(grads)}"
             )
         for i, (g, a) in enumerate(zip(grads, atts)):
-            if type(g) is not type(a) or _shape(g) != _shape(a):
+            shapes = [p.shape for p in g.parts], [p.shape for p in a.parts]
+            if type(g) is not type(a) or g.n != a.n or shapes[0] != shapes[1]:
                 raise ValueError(
                     f"gradients[{i}] has shape {_shape(g)}; expected {_shape(a)} "
                     f"(the shape of attentions[{i}])"

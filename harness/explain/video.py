@@ -60,14 +60,17 @@ class Explanation:
     target: torch.Tensor  # [B] the class that was explained
 
 
-def compose_temporal(temporal: torch.Tensor) -> torch.Tensor:
-    """[B, P, H, T, T] temporal attention -> [B, H, N, N] mixing matrix (class row = e_0)."""
+def compose_temporal(temporal: torch.Tensor, *, gradient: bool = False) -> torch.Tensor:
+    """[B, P, H, T, T] temporal attention -> [B, H, N, N] mixing matrix (class row = e_0).
+
+    For a gradient the class corner is 0: the class token's pass-through is not an attention
+    weight, so the score has no gradient with respect to it."""
     B, P, H, T, _ = temporal.shape
     blocks = temporal.permute(0, 2, 3, 1, 4)  # [B, H, t, p, t']
     eye_p = torch.eye(P, dtype=temporal.dtype, device=temporal.device)
     patches = (blocks.unsqueeze(-1) * eye_p[:, None, :]).reshape(B, H, T * P, T * P)
     out = temporal.new_zeros(B, H, 1 + T * P, 1 + T * P)
-    out[:, :, 0, 0] = 1.0
+    out[:, :, 0, 0] = 0.0 if gradient else 1.0
     out[:, :, 1:, 1:] = patches
     return out
 
@@ -97,7 +100,7 @@ def compose_divided(attention: DividedAttention, *, gradient: bool = False) -> l
     """Per block [temporal, spatial] mixing matrices, first block first: 2L tensors [B,H,N,N]."""
     steps: list[torch.Tensor] = []
     for temporal, spatial in zip(attention.temporal, attention.spatial):
-        steps.append(compose_temporal(temporal))
+        steps.append(compose_temporal(temporal, gradient=gradient))
         steps.append(compose_spatial(spatial, gradient=gradient))
     return steps
 
@@ -175,11 +178,12 @@ class SpatialMixing:
         return out.addcmul_(r[..., :1], first).add_(r)  # + r[0] X[0, :] + r
 
 
-def temporal_step(temporal: Tensor) -> TemporalMixing:
+def temporal_step(temporal: Tensor, *, gradient: bool = False) -> TemporalMixing:
     """[B, P, H, T, T] temporal attention (or its gradient) -> the step of `compose_temporal`
     (its blocks a view of `temporal`)."""
     B, P, H, T, _ = temporal.shape
-    return TemporalMixing(T, P, (temporal.new_ones(B, H, 1), temporal.transpose(1, 2)))
+    corner = temporal.new_zeros(B, H, 1) if gradient else temporal.new_ones(B, H, 1)
+    return TemporalMixing(T, P, (corner, temporal.transpose(1, 2)))
 
 
 def spatial_step(spatial: Tensor, *, gradient: bool = False) -> SpatialMixing:
@@ -200,7 +204,7 @@ def divided_steps(attention: DividedAttention, *, gradient: bool = False) -> lis
     """The steps of `compose_divided` (same order, same entries) as `Mixing`s: 2L of them."""
     steps: list[Mixing] = []
     for temporal, spatial in zip(attention.temporal, attention.spatial):
-        steps.append(temporal_step(temporal))
+        steps.append(temporal_step(temporal, gradient=gradient))
         steps.append(spatial_step(spatial, gradient=gradient))
     return steps
 
