@@ -8,7 +8,8 @@ model, with the same settings and seed, four ways and prints their test accuraci
 - ET, motion oracle: ET's crop driven by a model-free saliency, the frame-difference energy per
   patch (the actor is the only thing that moves): the crop-then-resize mechanism on its own;
 - ET, rollout_fem: the default ET (the model's own Rollout-FEM explanation decides the crop);
-- ET, random: crops at random cells (the floor for ET's crop).
+- ET, random: random relevance (about half its cells pass the threshold, so its largest region is
+  most of the frame): the floor for ET's crop.
 
     python benchmarks/crop_mechanism.py [--epochs 10] [--threads 1] [key=value ...]
 
