@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 
 from harness.data import iterate_batches, open_dataset
 from harness.data.folders import DatasetError
-from harness.evaluate import evaluate_accuracy, evaluate_occlusion
+from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion
 from harness.methods import build_method
 from harness.models import build_model
 
@@ -113,28 +114,44 @@ def train_and_evaluate(
         }
         last = epoch == epochs - 1
         if last:
-            metrics.update(
-                _final_metrics(model, method, dataset, eval_cfg, eval_batch_size, device)
-            )
+            test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
+            metrics.update(test.metrics)
             if artifacts_dir is not None:
-                _save_artifacts(config, model, method, dataset, eval_cfg, artifacts_dir, device)
+                _save_artifacts(
+                    config, model, method, dataset, test.occlusion, artifacts_dir, device
+                )
         report(metrics, artifacts_dir if last else None)
     return metrics
 
 
-def _final_metrics(model, method, dataset, eval_cfg, batch_size, device) -> dict[str, float]:
+@dataclass(frozen=True)
+class _TestResult:
+    metrics: dict[str, float]
+    occlusion: OcclusionResult
+
+
+def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device) -> _TestResult:
     test_idx = dataset.indices("test")
     test = evaluate_accuracy(model, method, dataset, test_idx, batch_size, device)
     occlusion = evaluate_occlusion(model, method, dataset, test_idx, eval_cfg, batch_size, device)
-    return {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
+    metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
+    return _TestResult(metrics, occlusion)
 
 
-def _save_artifacts(config, model, method, dataset, eval_cfg, folder: Path, device) -> None:
-    """model.pt (state dict), config.yaml (the trial config: the folder is self-describing) and an
-    explanation gallery of a few test clips."""
+def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, device) -> None:
+    """model.pt (state dict), config.yaml (the trial config: the folder is self-describing), the
+    occlusion curves of the method's explainer and an explanation gallery of a few test clips."""
+    from reports.curves import plot_occlusion_curves
     from reports.gallery import save_gallery
 
+    eval_cfg = config["evaluation"]
+    label = " (SYNTHETIC)" if dataset.synthetic else ""
     folder.mkdir(parents=True, exist_ok=True)
+    plot_occlusion_curves(
+        {method.explainer: occlusion.curve},
+        folder / "occlusion_curves.png",
+        f"{method.name}: occlusion test of {method.explainer}{label}",
+    )
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
     rows = dataset.indices("test")[: int(eval_cfg["gallery_clips"])]
@@ -146,7 +163,7 @@ def _save_artifacts(config, model, method, dataset, eval_cfg, folder: Path, devi
     save_gallery(
         method.view(batch.clips).cpu(), relevance.cpu(), batch.labels.cpu(), predicted.cpu(),
         dataset.class_names, folder / f"gallery_{method.explainer}.png",
-        title=f"{method.name} / {method.explainer}" + (" (SYNTHETIC)" if dataset.synthetic else ""),
+        title=f"{method.name} / {method.explainer}{label}",
     )  # fmt: skip
 
 

@@ -67,7 +67,8 @@ def test_mlflow_holds_a_parent_and_a_child_per_trial(study):
         )
         assert run.data.tags["synthetic"] == "True"
     artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
-    assert "model.pt" in artifacts and any(p.startswith("gallery_") for p in artifacts)
+    assert {"model.pt", "config.yaml", "occlusion_curves.png"} <= artifacts
+    assert any(p.startswith("gallery_") for p in artifacts)
     assert "comparison.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 

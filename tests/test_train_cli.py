@@ -33,6 +33,7 @@ def test_training_reports_every_epoch_and_finishes_with_test_metrics(tiny_config
     assert metrics["occ_morf_acc_0"] == pytest.approx(metrics["test_accuracy"])
     assert (tmp_path / "out" / "model.pt").is_file()
     assert (tmp_path / "out" / "gallery_rollout_fem.png").is_file()
+    assert (tmp_path / "out" / "occlusion_curves.png").is_file()
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == tiny_config
 
 
