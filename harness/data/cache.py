@@ -32,8 +32,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -43,6 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from harness.data.atomic import atomic_folder
 from harness.data.folders import (
     SPLITS,
     DatasetIndex,
@@ -257,9 +256,7 @@ def build_video_cache(
         return folder
     if folder.exists():
         raise RuntimeError(f"incomplete video cache at {folder} (no meta.json); delete it")
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache_root))
-    try:
+    with atomic_folder(folder) as tmp:
         _write(
             tmp,
             rows,
@@ -275,15 +272,6 @@ def build_video_cache(
             progress=progress,
             header={"key": key, "name": label, "key_extra": key_extra},
         )
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-            # another process won the race: use its copy
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

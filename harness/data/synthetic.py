@@ -64,15 +64,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 from typing import ClassVar
 
 import numpy as np
+
+from harness.data.atomic import atomic_folder
 
 __all__ = [
     "CLASS_NAMES",
@@ -732,20 +731,9 @@ def load_or_generate(spec: SyntheticSpec, cache_dir: str | Path) -> SyntheticArr
         return _load(folder)
     if folder.exists():
         raise RuntimeError(f"incomplete synthetic cache at {folder} (no meta.json); delete it")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = generate(spec)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache_dir))
-    try:
+    with atomic_folder(folder) as tmp:
         for name in SyntheticArrays.ARRAY_NAMES:
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)))
         (tmp / "meta.json").write_text(json.dumps(_meta(spec, arrays), indent=2) + "\n")
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-            # another process won the race: use its copy
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return _load(folder)
