@@ -29,7 +29,7 @@ def tiny(num_classes: int = 3, **overrides) -> SignalTransformer:
         proj_dim=K,
         dropout=0.0,
     )
-    return SignalTransformer.from_config(num_classes, **(kwargs | overrides)).eval()
+    return SignalTransformer(num_classes, **(kwargs | overrides)).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

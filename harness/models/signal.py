@@ -245,37 +245,6 @@ class SignalTransformer(nn.Module):
         self.head = nn.Linear(hidden_size, num_classes)
         self._init_weights()
 
-    @classmethod
-    def from_config(
-        cls,
-        num_classes: int,
-        *,
-        signal_length: int = 256,
-        channels: int = 6,
-        patch_length: int = 16,
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        proj_dim: int = 8,
-        mlp_ratio: float = 2.0,
-        dropout: float = 0.0,
-        share_kv: bool = False,
-    ) -> SignalTransformer:
-        """A small randomly initialised Linformer for signals [B, signal_length, channels]."""
-        return cls(
-            num_classes,
-            signal_length=signal_length,
-            channels=channels,
-            patch_length=patch_length,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            proj_dim=proj_dim,
-            mlp_ratio=mlp_ratio,
-            dropout=dropout,
-            share_kv=share_kv,
-        )
-
     def _init_weights(self) -> None:
         """timm's ViT init: truncated normal (std 0.02) for the embeddings and Linear weights,
         zero biases, unit LayerNorms; E and F keep their Xavier-uniform init."""
