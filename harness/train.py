@@ -201,14 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        open_dataset(config["data"])  # a bad data folder stops here, with the file named
-    except (DatasetError, FileNotFoundError) as error:
-        print(f"error: data.root: {error}", file=sys.stderr)
-        return 2
     if config["data"].get("synthetic") is not None and not config["data"].get("root"):
         print("note: training on the built-in SYNTHETIC data", flush=True)
-    metrics = train_and_evaluate(config, artifacts_dir=args.output)
+    try:  # the dataset is opened (checked, decoded if needed) before any training starts
+        metrics = train_and_evaluate(config, artifacts_dir=args.output)
+    except DatasetError as error:
+        print(f"error: data.root: {error}", file=sys.stderr)
+        return 2
     print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return 0
 
