@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
+from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
 from harness.explain.video import VIDEO_EXPLAINERS
 from harness.methods import METHODS
@@ -112,6 +114,7 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     train, evaluation = config["train"], config["evaluation"]
     if data.get("root"):
         need(Path(data["root"]).is_dir(), "data.root", "an existing folder")
+    _check_data(data, need)
     need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
     need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
          f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
@@ -153,6 +156,33 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
              "a fraction in [0, 1)")  # fmt: skip
         need(0 < float(method.get("threshold", 0.5)) <= 1, "method.threshold", "a number in (0, 1]")
         need(float(method.get("full_input_weight", 0)) >= 0, "method.full_input_weight", ">= 0")
+
+
+def _check_data(data: Mapping[str, Any], need: Callable[[bool, str, str], None]) -> None:
+    """The data keys of real folders and of the class names (any data)."""
+    layout = data.get("layout", "auto")
+    need(layout in ("auto", *LAYOUTS), "data.layout", f"auto or one of {', '.join(LAYOUTS)}")
+    need(data.get("on_bad_file", "error") in BAD_FILE_POLICIES, "data.on_bad_file",
+         " or ".join(BAD_FILE_POLICIES))  # fmt: skip
+    need(data.get("sampling", "uniform") in SAMPLING_POLICIES, "data.sampling",
+         f"one of {', '.join(SAMPLING_POLICIES)}")  # fmt: skip
+    options = data.get("options") or {}
+    need(isinstance(options, Mapping), "data.options", "a mapping of the layout's split options")
+    for key in options:
+        moved = key in ("on_bad_file", "class_names")
+        need(not moved, f"data.options.{key}", f"no such option (it is data.{key})")
+        if layout != "auto":
+            known = [k for k in layout_options(layout) if k not in ("on_bad_file", "class_names")]
+            need(key in known, f"data.options.{key}",
+                 f"an option of the {layout} layout: {', '.join(known)}")  # fmt: skip
+    names = data.get("class_names")
+    need(names is None or (isinstance(names, list) and len(names) > 0
+                           and len({str(n) for n in names}) == len(names)),
+         "data.class_names", "null or a list of distinct class names")  # fmt: skip
+    if names and not data.get("root") and data.get("synthetic"):
+        count = data["synthetic"].get("num_classes")
+        need(len(names) == count, "data.class_names",
+             f"{count} names (data.synthetic.num_classes) for the synthetic data")  # fmt: skip
 
 
 def validate_study(cfg: DictConfig) -> None:

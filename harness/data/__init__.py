@@ -31,6 +31,7 @@ class VideoDataset:
     labels: np.ndarray  # int64 [N]
     split: np.ndarray  # str [N], one of SPLITS
     actor_box: np.ndarray | None = None  # int16 [N, T, 4] (synthetic only)
+    skipped: tuple = ()  # folders.Skipped (path, reason) of files left out (real data only)
 
     @property
     def num_classes(self) -> int:
@@ -68,13 +69,15 @@ def open_dataset(data: Mapping[str, Any]) -> VideoDataset:
     if data.get("root"):
         from harness.data.cache import open_folder_dataset
 
-        _, cached = open_folder_dataset(
+        index, cached = open_folder_dataset(
             data["root"],
             layout=str(data.get("layout", "auto")),
             num_frames=int(data["num_frames"]),
             size=int(data["frame_size"]),
             sampling=str(data.get("sampling", "uniform")),
             cache_root=data["cache_dir"],
+            on_bad_file=str(data.get("on_bad_file", "error")),
+            class_names=data.get("class_names"),
             **dict(data.get("options") or {}),
         )
         return VideoDataset(
@@ -84,12 +87,13 @@ def open_dataset(data: Mapping[str, Any]) -> VideoDataset:
             video=cached.video,
             labels=np.asarray(cached.labels),
             split=np.asarray(cached.split),
+            skipped=index.skipped,
         )
     arrays = load_or_generate(synthetic_spec(data), Path(data["cache_dir"]))
     return VideoDataset(
         name=str(data["name"]),
         synthetic=True,
-        class_names=tuple(arrays.class_names),
+        class_names=tuple(data.get("class_names") or arrays.class_names),
         video=arrays.video,
         labels=np.asarray(arrays.label),
         split=np.asarray(arrays.split),
