@@ -236,6 +236,7 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         MethodSummary,
         comparison_table,
         failures_table,
+        skipped_table,
         write_comparison,
     )
     from trainables import TRAINABLES
@@ -287,8 +288,11 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "
         f"parent run {parent})",
     }
+    if not dataset.synthetic:
+        notes["data folder"] = f"{cfg.data.root} ({len(dataset.skipped)} files skipped)"
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
-    paths = write_comparison(table, out / "report", title, notes, failures_table(summaries))
+    paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
+                             skipped_table(dataset.skipped))  # fmt: skip
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
     finish_study_run(cfg.mlflow.tracking_uri, parent, {"wall_seconds": round(elapsed)},
                      {k: v for k, v in metrics.items() if v == v}, out / "report")  # fmt: skip
@@ -338,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         dataset = prepare_dataset(cfg.data)  # a bad data folder stops here, before Ray starts
-    except (DatasetError, FileNotFoundError) as error:
-        print(f"error: data.root: {error}", file=sys.stderr)
+    except (DatasetError, ValueError, FileNotFoundError) as error:  # ValueError: clips not decoded
+        print(f"error: data{'.root' if cfg.data.root else ''}: {error}", file=sys.stderr)
         return 2
     run_study(cfg, dataset)
     return 0
