@@ -33,8 +33,9 @@ from harness.config import (
     trial_config,
     validate_study,
 )
-from harness.data import VideoDataset, prepare_dataset
+from harness.data import Dataset, prepare_dataset
 from harness.data.folders import DatasetError
+from harness.models import model_inputs
 from harness.search_space import check_space, define_by_run
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
@@ -228,7 +229,7 @@ def _export_best(
     path.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
 
 
-def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
+def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
     from `cfg.data` when not given); returns the report folder."""
     from harness.tracking import finish_study_run, start_study_run
@@ -243,8 +244,10 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
     started = time.perf_counter()
     out = Path(cfg.study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = dataset or prepare_dataset(cfg.data)  # once, in the driver; trials memory-map it
-    print(f"data: {dataset.name} ({len(dataset.labels)} clips, {dataset.num_classes} classes)"
+    # once, in the driver; trials memory-map it
+    dataset = dataset or prepare_dataset(cfg.data, model_inputs(cfg.model))
+    print(f"data: {dataset.name} ({len(dataset.labels)} samples of {'+'.join(dataset.inputs)}, "
+          f"{dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
     tags = {"experiment": cfg.experiment, "data": dataset.name, "synthetic": str(dataset.synthetic)}
     parent = start_study_run(
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     try:
-        dataset = prepare_dataset(cfg.data)  # a bad data folder stops here, before Ray starts
+        # a bad data folder stops here, before Ray starts
+        dataset = prepare_dataset(cfg.data, model_inputs(cfg.model))
     except (DatasetError, FileNotFoundError) as error:
         print(f"error: data.root: {error}", file=sys.stderr)
         return 2

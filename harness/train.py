@@ -26,9 +26,8 @@ from omegaconf import OmegaConf
 
 from harness.data import iterate_batches, open_dataset
 from harness.data.folders import DatasetError
-from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion
-from harness.methods import build_method
-from harness.models import build_model
+from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion, method_for
+from harness.models import build_model, model_inputs
 
 Report = Callable[[dict[str, float], Path | None], None]
 
@@ -63,13 +62,10 @@ def train_and_evaluate(
     if train_cfg.get("threads"):
         torch.set_num_threads(int(train_cfg["threads"]))
     device = resolve_device(str(train_cfg.get("device", "auto")))
-    dataset = open_dataset(config["data"])
-    model = build_model(config["model"], dataset.num_classes).to(device)
+    dataset = open_dataset(config["data"], model_inputs(config["model"]))
+    model = build_model(config["model"], dataset.num_classes, dataset.signal_channels).to(device)
     epochs = int(train_cfg["epochs"])
-    method = build_method(
-        config["method"], input_size=model.image_size, epochs=epochs,
-        evaluation_explainer=str(eval_cfg["explainer"]),
-    )  # fmt: skip
+    method = method_for(config, model)
     batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
     train_idx, val_idx = dataset.indices("train"), dataset.indices("val")
     optimizer = torch.optim.AdamW(
@@ -101,7 +97,7 @@ def train_and_evaluate(
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
             optimizer.step()
             schedule.step()
-            loss_sum += loss.item() * len(batch.labels)
+            loss_sum += loss.item() * len(batch)
             correct += (logits.argmax(1) == batch.labels).sum().item()
         val = evaluate_accuracy(model, method, dataset, val_idx, eval_batch_size, device)
         metrics = {
@@ -140,9 +136,10 @@ def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device) -> _Tes
 
 def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, device) -> None:
     """model.pt (state dict), config.yaml (the trial config: the folder is self-describing), the
-    occlusion curves of the method's explainer and an explanation gallery of a few test clips."""
+    occlusion curves of the method's explainer and an explanation gallery of a few test inputs
+    per modality (gallery_<explainer>.png for clips, signal_gallery_<explainer>.png for signals)."""
     from reports.curves import plot_occlusion_curves
-    from reports.gallery import save_gallery
+    from reports.gallery import save_gallery, save_signal_gallery
 
     eval_cfg = config["evaluation"]
     label = " (SYNTHETIC)" if dataset.synthetic else ""
@@ -157,14 +154,21 @@ def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, dev
     rows = dataset.indices("test")[: int(eval_cfg["gallery_clips"])]
     batch = next(iterate_batches(dataset, rows, len(rows), device=device))
     model.eval()
-    relevance = method.explain(model, batch.clips)
+    relevance = method.explain(model, batch.inputs)
     with torch.enable_grad():
-        predicted = method.predict(model, batch.clips).argmax(1)
-    save_gallery(
-        method.view(batch.clips).cpu(), relevance.cpu(), batch.labels.cpu(), predicted.cpu(),
-        dataset.class_names, folder / f"gallery_{method.explainer}.png",
-        title=f"{method.name} / {method.explainer}{label}",
-    )  # fmt: skip
+        predicted = method.predict(model, batch.inputs).argmax(1).cpu()
+    views = method.view(batch.inputs)
+    title = f"{method.name} / {method.explainer}{label}"
+    galleries = {
+        "video": (save_gallery, "gallery"),
+        "signal": (save_signal_gallery, "signal_gallery"),
+    }
+    for m, (save, stem) in galleries.items():
+        if m in views:
+            save(
+                views[m].cpu(), relevance[m].cpu(), batch.labels.cpu(), predicted,
+                dataset.class_names, folder / f"{stem}_{method.explainer}.png", title=title,
+            )  # fmt: skip
 
 
 def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config["data"].get("synthetic") is not None and not config["data"].get("root"):
+    if not config["data"].get("root"):
         print("note: training on the built-in SYNTHETIC data", flush=True)
     try:  # the dataset is opened (checked, decoded if needed) before any training starts
         metrics = train_and_evaluate(config, artifacts_dir=args.output)

@@ -1,7 +1,8 @@
 """Explanation galleries: frames of a few clips with an explainer's relevance over them.
 
 `save_gallery`: a PNG grid (one row per clip, one column per frame); `save_clip_gif`: an animated
-GIF of one clip, its frames in turn with the heatmap over them.
+GIF of one clip, its frames in turn with the heatmap over them; `save_signal_gallery`: one panel
+per signal, its channels over time on a band of its relevance per time token.
 """
 
 from __future__ import annotations
@@ -47,6 +48,41 @@ def save_gallery(
             ax.set_xticks([])
             ax.set_yticks([])
         axes[b][0].set_ylabel(
+            f"{class_names[int(labels[b])]}\n→ {class_names[int(predicted[b])]}", fontsize=6
+        )
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def save_signal_gallery(
+    signals: torch.Tensor,
+    relevance: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    class_names: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """PNG: one panel per signal [L, C] (channels as lines), relevance [n] per time token
+    (normalised per signal) as a heat band behind them."""
+    B, L, C = signals.shape
+    heat = relevance.float().clamp(min=0)
+    heat = heat / heat.amax(1, keepdim=True).clamp(min=1e-12)
+    fig, axes = plt.subplots(B, 1, figsize=(7, 1.3 * B + 0.4), squeeze=False)
+    for b in range(B):
+        ax = axes[b][0]
+        low, high = float(signals[b].min()), float(signals[b].max())
+        ax.imshow(
+            heat[b][None].numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, aspect="auto",
+            extent=(0, L, low, high), interpolation="nearest",
+        )  # fmt: skip
+        ax.plot(signals[b].numpy(), linewidth=0.6)
+        ax.set_xlim(0, L)
+        ax.set_yticks([])
+        ax.set_ylabel(
             f"{class_names[int(labels[b])]}\n→ {class_names[int(predicted[b])]}", fontsize=6
         )
     fig.suptitle(title, fontsize=8)

@@ -1,4 +1,4 @@
-"""Ray Tune function trainable for video trials.
+"""Ray Tune function trainable: one trial of any modality (video, signal, hybrid).
 
 Runs `harness.train.train_and_evaluate` and reports each epoch with `ray.tune.report`; the last
 report carries a checkpoint folder (the model weights and the explanation gallery), which Ray
@@ -23,6 +23,6 @@ def _report(metrics: dict[str, float], artifacts: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(artifacts)))
 
 
-def train_video(config: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="et-trial-") as folder:
         train_and_evaluate(config, _report, artifacts_dir=Path(folder))
