@@ -41,7 +41,7 @@ def test_report_compares_the_three_methods_on_synthetic_pairs(study):
         )
         for key in ("test_acc_mean", "occ_morf_auc", "occ_lerf_auc"):
             assert 0.0 <= float(row[key]) <= 1.0
-    assert ("30%+2f" in markdown) == (experiment == "birds_hybrid")  # a video protocol
+    assert ("30%+2f MoRF" in markdown) == (experiment == "birds_hybrid")  # a video protocol
 
 
 def test_each_trial_run_has_metrics_and_its_modalities_galleries(study):
