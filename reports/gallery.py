@@ -26,6 +26,18 @@ def _heat(relevance: torch.Tensor, size: int) -> torch.Tensor:
     return heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
 
 
+def _label(ax, class_names: Sequence[str], label: torch.Tensor, predicted: torch.Tensor) -> None:
+    ax.set_ylabel(f"{class_names[int(label)]}\n→ {class_names[int(predicted)]}", fontsize=6)
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def save_gallery(
     clips: torch.Tensor,
     relevance: torch.Tensor,
@@ -47,14 +59,8 @@ def save_gallery(
             ax.imshow(heat[b, t].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[b][0].set_ylabel(
-            f"{class_names[int(labels[b])]}\n→ {class_names[int(predicted[b])]}", fontsize=6
-        )
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        _label(axes[b][0], class_names, labels[b], predicted[b])
+    return _save(fig, path, title)
 
 
 def save_signal_gallery(
@@ -82,14 +88,8 @@ def save_signal_gallery(
         ax.plot(signals[b].numpy(), linewidth=0.6)
         ax.set_xlim(0, L)
         ax.set_yticks([])
-        ax.set_ylabel(
-            f"{class_names[int(labels[b])]}\n→ {class_names[int(predicted[b])]}", fontsize=6
-        )
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        _label(ax, class_names, labels[b], predicted[b])
+    return _save(fig, path, title)
 
 
 def save_clip_gif(
