@@ -59,6 +59,13 @@ class TrainingMethod:
     ) -> None:
         """Hook run before each training epoch (ET refreshes its explanations here)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this method besides the model (ET: its explanations)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what `state_dict` returned."""
+
     def loss(self, model: TimeSformerClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(self.view(batch.clips)).logits
         return F.cross_entropy(logits, batch.labels), logits

@@ -18,7 +18,8 @@ reading).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,12 @@ class ET(TrainingMethod):
             relevance = self.explain(model, batch.clips, target=batch.labels)
             self.relevance.update(zip(batch.index.tolist(), relevance))
         model.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"relevance": self.relevance, "active": self.active}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.relevance, self.active = dict(state["relevance"]), bool(state["active"])
 
     def loss(self, model: TimeSformerClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.active:
