@@ -103,10 +103,12 @@ class _OptunaSearch(OptunaSearch):
     def __init__(self, *, epochs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._epochs = epochs
+        self._checked: set[str] = set()  # trials whose Optuna state this session has checked
         self._fail_lost_trials()
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self._checked = set()
         self._fail_lost_trials()
 
     def _fail_lost_trials(self) -> None:
@@ -116,7 +118,6 @@ class _OptunaSearch(OptunaSearch):
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in held:
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
-        self._checked: set[str] = set()
 
     def _skip_if_told(self, trial_id: str) -> None:
         """Count a trial finished in the storage as completed (checked once per session)."""
@@ -173,7 +174,7 @@ class _Engine:
         if self.state.begin_stage(name, tags).finished:
             print(f"{name}: finished in an earlier run, results loaded from {path}", flush=True)
             return tune.Tuner.restore(str(path), trainable).get_results()
-        if any(path.glob("experiment_state-*.json")):
+        if _saved_trials(path):
             print(f"{name}: resuming the interrupted stage from {path}", flush=True)
             tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
         else:
@@ -202,8 +203,7 @@ class _Engine:
         grid = tuner.fit()
         # Judged by the state Tune saved (what a resume starts from): after a SIGINT, Tune's
         # in-memory trials read TERMINATED, the saved ones RUNNING.
-        saved = tune.ExperimentAnalysis(str(path)).trials
-        ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in saved)
+        ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in _saved_trials(path))
         if ended < trials:
             raise StudyInterrupted(f"{name}: {ended} of {trials} trials ended")
         self.state.finish_stage(name)
@@ -262,6 +262,16 @@ class _Engine:
         trainable = tune.with_parameters(_retrain, run=self.trainable, configs=best)
         return self.fit("final", trainable, space, {"stage": "final"}, len(best) * seeds,
                         lambda: {"num_samples": 1})  # fmt: skip
+
+
+def _saved_trials(path: Path) -> list:
+    """The trials in the experiment state Ray Tune saved under `path` (none before its first
+    snapshot)."""
+    from ray import tune
+
+    if not any(path.glob("experiment_state-*.json")):
+        return []
+    return tune.ExperimentAnalysis(str(path)).trials
 
 
 def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) -> None:

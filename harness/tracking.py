@@ -235,6 +235,7 @@ class StageRuns:
         self._runs: dict[str, str] = {}  # trial name -> run id
         self._held: dict[tuple[str, str], set[int]] = {}  # (run id, metric) -> steps it holds
         self._new: set[str] = set()  # runs created here (they hold no metric yet)
+        self._tagged: set[tuple[str, str]] = set()  # (run id, tag) set from a result
 
     def _experiment(self, client: MlflowClient) -> str:
         if self._experiment_id is None:
@@ -293,7 +294,7 @@ class StageRuns:
                 if step not in self._steps(client, run_id, key):
                     metrics[key, step] = Metric(key, value, stamp, step)
             for key, tag in self.RESULT_TAGS.items():
-                if key in result:
+                if key in result and (run_id, tag) not in self._tagged:
                     tags.setdefault(tag, str(result[key]))
         for chunk in _chunks(list(metrics.values()), 1000):
             client.log_batch(run_id, metrics=chunk)
@@ -301,6 +302,7 @@ class StageRuns:
             self._held[run_id, key].add(step)
         for tag, value in tags.items():
             client.set_tag(run_id, tag, value)
+            self._tagged.add((run_id, tag))
         self.counts.metrics += len(metrics)
 
     def _steps(self, client: MlflowClient, run_id: str, key: str) -> set[int]:
@@ -463,11 +465,18 @@ def _sync_parent(client: MlflowClient, state: StudyState) -> None:
 
 def sync_call(state: StudyState, stages: Iterable[str] | None = None, parent: bool = False) -> Call:
     """An outbox call that reconciles `stages` (default: the finished stages no sync has
-    completed) and, with `parent`, the parent run's summary."""
+    completed; each read from disk once, however often the call is tried) and, with `parent`,
+    the parent run's summary. A finished stage is marked synced once its sync completed."""
+    read: dict[str, list[_TrialRecord] | None] = {}
 
     def call(client: MlflowClient) -> None:
         for stage in _unsynced(state) if stages is None else stages:
-            _sync_from_disk(client, state, stage, mark=True)
+            if stage not in read:
+                read[stage] = _read_stage(state, stage)
+            if read[stage] is not None:
+                _sync_stage(client, state, stage, read[stage])
+            if state.stages[stage].finished:
+                (state.ray_dir / stage / SYNCED).touch()
         if parent and state.summary is not None:
             _sync_parent(client, state)
 
@@ -477,19 +486,6 @@ def sync_call(state: StudyState, stages: Iterable[str] | None = None, parent: bo
 def _unsynced(state: StudyState) -> list[str]:
     return [name for name, stage in list(state.stages.items())
             if stage.finished and not (state.ray_dir / name / SYNCED).exists()]  # fmt: skip
-
-
-def _sync_from_disk(
-    client: MlflowClient, state: StudyState, stage: str, mark: bool = False
-) -> SyncCounts:
-    """Sync one stage; with `mark`, a finished stage is marked synced (the driver's own store)."""
-    records = _read_stage(state, stage)
-    if records is None:
-        return SyncCounts()
-    counts = _sync_stage(client, state, stage, records)
-    if mark and state.stages[stage].finished:
-        (state.ray_dir / stage / SYNCED).touch()
-    return counts
 
 
 def sync(study_dir: Path, tracking_uri: str | None = None) -> SyncCounts:
@@ -504,7 +500,9 @@ def sync(study_dir: Path, tracking_uri: str | None = None) -> SyncCounts:
     client = MlflowClient(state.tracking_uri)
     counts = SyncCounts()
     for stage in state.stages:
-        counts.add(_sync_from_disk(client, state, stage))
+        records = _read_stage(state, stage)
+        if records is not None:
+            counts.add(_sync_stage(client, state, stage, records))
     if state.summary is not None:
         _sync_parent(client, state)
     return counts

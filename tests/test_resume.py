@@ -181,3 +181,23 @@ def test_a_study_interrupted_twice_ends_like_an_uninterrupted_one(tmp_path):
             history = client.get_metric_history(run.info.run_id, "val_accuracy")
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
             assert "model.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_study_folder_refuses_other_settings_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    from harness.sweep import _open_state, main
+
+    out = tmp_path / "study"
+    args = ["birds_video", "sweep=smoke", f"study.output_dir={out}",
+            f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    cfg = compose(args[0], args[1:])
+    resolve_paths(cfg)
+    out.mkdir()
+    _open_state(cfg, {}).save()  # a study started with these settings
+
+    assert main([*args, "train.epochs=2", "ray.num_cpus=1"]) == 2
+    error = capsys.readouterr().err
+    assert f"study.output_dir: {out} holds a study started with other settings" in error
+    assert "(train.epochs: 1 -> 2)" in error  # where it runs (ray.*) may change
+    assert not ray.is_initialized()

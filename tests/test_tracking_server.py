@@ -163,3 +163,50 @@ def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_p
 def test_sync_of_a_folder_that_is_not_a_study_says_so(tmp_path, capsys):
     assert tracking_main(["sync", str(tmp_path)]) == 2
     assert f"{tmp_path}: no study_state.json" in capsys.readouterr().err
+
+
+def test_sync_sends_only_what_the_store_lacks_and_drops_runs_of_lost_trials(tmp_path):
+    from harness.study_state import StudyState
+    from harness.tracking import StageRuns, _sync_stage, _TrialRecord, start_study_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = StudyState(tmp_path, uri, "exp", config={"study": {"name": "s"}}, tags={"a": "b"})
+    state.parent_run_id = start_study_run(state)
+    state.begin_stage("search-et", {"stage": "search", "method": "et"})
+    client = mlflow.MlflowClient(uri)
+    live = StageRuns(state, "search-et")  # what the driver logged before it was killed
+    live.start(client, "lost", {"train": {"lr": 0.1}})  # a trial Tune never recorded
+    live.start(client, "kept", {"train": {"lr": 0.2}})
+    live.log(client, "kept", [{"epoch": 1, "val_accuracy": 0.5, "timestamp": 100}])
+    state.finish_stage("search-et")
+
+    kept = [
+        {"epoch": 1, "val_accuracy": 0.5, "timestamp": 100, "training_iteration": 1},
+        {"epoch": 2, "val_accuracy": 0.25, "timestamp": 200, "training_iteration": 2},
+        {"epoch": 2, "val_accuracy": 0.75, "timestamp": 300, "training_iteration": 2},  # resumed
+    ]
+    records = [
+        _TrialRecord("kept", "TERMINATED", {"train": {"lr": 0.2}}, kept, None, None),
+        _TrialRecord("oom", "ERROR", {"train": {"lr": 0.3}}, [], "MemoryError: out", None),
+    ]
+    counts = _sync_stage(client, state, "search-et", records)
+    assert (counts.runs_created, counts.metrics, counts.runs_deleted) == (1, 1, 1)
+
+    experiment = client.get_experiment_by_name("exp")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"s", "kept", "oom"}
+    history = client.get_metric_history(runs["kept"].info.run_id, "val_accuracy")
+    assert sorted((m.step, m.value, m.timestamp) for m in history) == [
+        (1, 0.5, 100_000),
+        (2, 0.75, 300_000),
+    ]
+    assert runs["kept"].info.status == "FINISHED" and runs["kept"].data.params == {
+        "train.lr": "0.2"
+    }
+    assert (
+        runs["oom"].info.status == "FAILED" and runs["oom"].data.tags["error"] == "MemoryError: out"
+    )
+    assert runs["oom"].data.tags["stage"] == "search" and runs["oom"].data.tags["a"] == "b"
+
+    again = _sync_stage(client, state, "search-et", records)
+    assert again == type(again)()  # nothing left to send
