@@ -84,6 +84,13 @@ class TrainingMethod:
     ) -> None:
         """Hook run before each training epoch (ET refreshes its explanations here)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this method besides the model (ET: its explanations)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what `state_dict` returned."""
+
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         logits, outputs = self.forward(model, self.view(batch.inputs))
         return self.objective(logits, outputs, batch.labels), logits

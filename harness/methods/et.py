@@ -21,7 +21,8 @@ whole-input view in training too (0 is the poster's reading).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,12 @@ class ET(TrainingMethod):
             for i, row in enumerate(batch.index.tolist()):
                 self.relevance[row] = {m: r[i] for m, r in relevance.items()}
         model.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"relevance": self.relevance, "active": self.active}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.relevance, self.active = dict(state["relevance"]), bool(state["active"])
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         if not self.active:
