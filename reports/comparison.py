@@ -102,6 +102,8 @@ def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
         "best val acc": table["best_val_acc"].map("{:.3f}".format),
         "best params": table["best_params"],
     })  # fmt: skip
+    if table["occ_seed_morf_acc"].isna().all():  # no video input: the seed protocol is video's
+        shown = shown.drop(columns=["30%+2f MoRF", "30%+2f LeRF"])
     return shown
 
 
@@ -143,7 +145,8 @@ def write_comparison(
         "Occlusion (test split, the method's own explainer): area under accuracy vs share of "
         "tokens occluded, most-relevant-first (MoRF, lower = more faithful) and "
         "least-relevant-first (LeRF); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol "
-        "(30% of spatial patches and 2 frames).",
+        "(30% of spatial patches and 2 frames; video inputs). Signal tokens are time patches; a "
+        "multimodal model has each input occluded by its own branch's relevance at each level.",
     ]
     if failures is not None and len(failures):
         lines += ["", "## Failed trials", "", failures.to_markdown(index=False)]

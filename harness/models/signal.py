@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from harness.models.base import SingleInput
+
 __all__ = [
     "Block",
     "LinformerAttention",
@@ -177,9 +179,11 @@ class Block(nn.Module):
         return x, p, m
 
 
-class SignalTransformer(nn.Module):
+class SignalTransformer(SingleInput, nn.Module):
     """Linformer classifier of signals [B, L, C]; ``forward(x, capture=True)`` also returns every
     layer's attention (P, F, M) and the last block's tokens, all in the forward graph."""
+
+    modalities = ("signal",)
 
     def __init__(
         self,
