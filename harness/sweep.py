@@ -340,7 +340,9 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
     from `cfg.data` when not given), or resume it from `study.output_dir`; returns the report
     folder. Raises StudyInterrupted when a stage was interrupted (SIGINT)."""
-    from harness.tracking import Outbox, start_study_run
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking import Outbox, last_line, start_study_run
     from trainables import TRAINABLES
 
     started = time.perf_counter()
@@ -354,7 +356,12 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     tags = {"experiment": cfg.experiment, "data": dataset.name, "synthetic": str(dataset.synthetic)}
     state = _open_state(cfg, tags)
     resumed = bool(state.stages)
-    state.parent_run_id = start_study_run(state)
+    try:
+        state.parent_run_id = start_study_run(state)
+    except MlflowException as error:
+        raise ConfigError(f"mlflow.tracking_uri: {state.tracking_uri} does not answer "
+                          f"({last_line(str(error))}); a study starts with its tracking store "
+                          "reachable") from None  # fmt: skip
     state.save()
     _init_ray(cfg)
     engine = _Engine(cfg, state, TRAINABLES[cfg.modality], *_resources(cfg))
@@ -483,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_study(cfg, dataset)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except StudyInterrupted as error:
         print(f"interrupted ({error}); run the same command again to resume the study",
               file=sys.stderr)  # fmt: skip

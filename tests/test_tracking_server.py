@@ -20,7 +20,7 @@ from harness.tracking import main as tracking_main
 from harness.tracking import sync
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-EPOCHS = 3
+EPOCHS = 2
 KEYS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "occ_gap")
 
 
@@ -36,7 +36,7 @@ class _Server:
         self.uri = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300) -> None:
+    def start(self, timeout: float = 600) -> None:
         log = (self.folder / "server.log").open("a")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
@@ -115,6 +115,7 @@ def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_p
         [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
          f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2",
          "study.methods=[vanilla]", f"train.epochs={EPOCHS}", f"mlflow.tracking_uri={server.uri}",
+         "mlflow.flush_timeout_s=900",  # the end waits for the server however slow its restart
          "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
          "data.synthetic.test_per_class=4"],
         stdout=(tmp_path / "study.log").open("w"), stderr=subprocess.STDOUT, env=ENV,
@@ -143,7 +144,7 @@ def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_p
         # trials go on while the server is down
         wait_for(lambda: sum(map(len, _results(out).values())) >= reported + 2, "trials stalled")
         server.start()
-        assert driver.wait(timeout=900) == 0, (tmp_path / "study.log").read_text()[-3000:]
+        assert driver.wait(timeout=1500) == 0, (tmp_path / "study.log").read_text()[-3000:]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
@@ -210,3 +211,21 @@ def test_sync_sends_only_what_the_store_lacks_and_drops_runs_of_lost_trials(tmp_
 
     again = _sync_stage(client, state, "search-et", records)
     assert again == type(again)()  # nothing left to send
+
+
+def test_a_study_does_not_start_without_its_tracking_server(tmp_path, capsys):
+    import ray
+
+    from harness.sweep import main
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["birds_video", "sweep=smoke", f"study.output_dir={tmp_path / 'study'}",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic.train_per_class=2",
+                 "data.synthetic.val_per_class=1", "data.synthetic.test_per_class=1",
+                 f"mlflow.tracking_uri=http://127.0.0.1:{port}"])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"error: mlflow.tracking_uri: http://127.0.0.1:{port} does not answer" in error
+    assert not ray.is_initialized()
