@@ -42,7 +42,7 @@ def test_failing_trials_are_retried_then_reported_and_the_study_completes(tmp_pa
     attempts = {fault: (faults / fault).read_text().split() for fault in ("oom", "nan")}
     for ids in attempts.values():
         assert len(ids) == 2 and len(set(ids)) == 1
-    oom, nan = (f"flaky_video_{attempts[f][0]}" for f in ("oom", "nan"))
+    oom, nan = (f"flaky_trial_{attempts[f][0]}" for f in ("oom", "nan"))
     reasons = {
         oom: "MemoryError: injected: out of memory",
         nan: "FloatingPointError: non-finite training loss nan at epoch 0",
