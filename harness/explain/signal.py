@@ -32,11 +32,16 @@ output is made of its inputs; with signed rows those "proportions" are meaningle
   first-order (Taylor) contribution of each entry to the target score whatever the signs, so it
   needs no rectification: tibav keeps E_h((dM * M)^+) (entries that raised the score; the clamp
   already handles negative products), rollout_grad E_h(M * dM) unnormalised, as for any attention.
-* feature explainers (fem, gradcam, gradcam_pp, eigencam): the last block's time tokens as a 1-D
-  grid [B, D, N-1]; random: U[0, 1).
+* feature explainers (fem, gradcam, gradcam_pp, eigencam): the time tokens entering the last
+  block (``SignalOutput.features``; the last block's own output reaches the head only through its
+  class token, so its time tokens have zero gradient) as a 1-D grid [B, D, N-1];
+  random: U[0, 1).
 
-Every explainer gives one relevance per time token: [B, N-1] (token t covers samples
-[t p, (t+1) p)); ``relevance_over_time`` upsamples it to the signal's samples for ET's weighting.
+Every explainer gives one relevance per time token: [B, N-1]. Token t is the patch of samples
+[t p, (t+1) p); through the model's convolutional stem it sees h = ``model.stem_reach`` more
+samples on each side (``model.receptive_field(t)``), a window centred on the patch's centre
+t p + (p - 1) / 2, which is where ``relevance_over_time`` places its value when it upsamples the
+relevance to the signal's samples for ET's weighting.
 """
 
 from __future__ import annotations
@@ -150,7 +155,7 @@ def relevance_over_time(relevance: torch.Tensor, signal_length: int) -> torch.Te
     Negative relevance (evidence against the class, e.g. signed Eigen-CAM or Rollout-Grad) counts
     as 0; the values are interpolated linearly between the tokens' centres (token t's centre is
     sample t p + (p - 1) / 2, p = signal_length / (N-1); constant beyond the first and last
-    centres) and divided by their maximum per sample, as the video ``soft`` policy does. A map with
+    centres) and divided by their maximum per signal, as the video ``soft`` policy does. A map with
     no positive value (no information) gives all ones: weighting by it leaves the signal as is.
     Multiply a signal [B, L, C] by ``relevance_over_time(r, L)[..., None]`` to weight it.
     """
