@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
+from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
 from harness.explain.video import VIDEO_EXPLAINERS
 from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
+from harness.methods.window import WINDOW_POLICIES
+from harness.models import MODEL_INPUTS
 from harness.search_space import check_space
 
 TRIAL_SECTIONS = ("data", "model", "method", "train", "evaluation")
@@ -112,6 +116,7 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     train, evaluation = config["train"], config["evaluation"]
     if data.get("root"):
         need(Path(data["root"]).is_dir(), "data.root", "an existing folder")
+    _check_data(data, need)
     need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
     need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
          f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
@@ -122,20 +127,14 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
-    if data.get("root"):
-        need(int(data.get("frame_size", 0)) >= int(model.get("image_size", 0)), "data.frame_size",
-             f"at least model.image_size ({model.get('image_size')}), ET crops it")  # fmt: skip
-    elif data.get("synthetic"):
-        synthetic = data["synthetic"]
-        size = synthetic["frame_size"] // synthetic["downsample_factor"]
-        need(model.get("pretrained") or model.get("image_size") == size, "model.image_size",
-             f"data.synthetic.frame_size / downsample_factor = {size}")  # fmt: skip
-    frames = data.get("num_frames", data.get("synthetic", {}).get("num_frames"))
-    need(model.get("pretrained") or model.get("num_frames") == frames, "model.num_frames",
-         f"data.num_frames = {frames}")  # fmt: skip
-    if not model.get("pretrained"):
-        need(model["image_size"] % model["patch_size"] == 0, "model.patch_size",
-             f"a divisor of model.image_size ({model['image_size']})")  # fmt: skip
+    need(model.get("name") in MODEL_INPUTS, "model.name", f"one of {', '.join(MODEL_INPUTS)}")
+    branches = {"video": "timesformer", "signal": "linformer"}
+    for modality in MODEL_INPUTS[model["name"]]:  # the hybrid's branches are model.video/.signal
+        where = "model" if model["name"] == branches[modality] else f"model.{modality}"
+        branch = _get(config, where)
+        (_check_video_model if modality == "video" else _check_signal_model)(
+            need, data, branch, where
+        )
     if method["name"] == "ifi":
         need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
         need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
@@ -146,13 +145,76 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         heads = method.get("heads", "all")
         need(isinstance(heads, list) or bool(_HEADS.match(str(heads))), "method.heads",
              "all, nonempty, top<n> or a list of head indices")  # fmt: skip
-        need(method.get("crop_policy") in CROP_POLICIES, "method.crop_policy",
+        need(method.get("crop_policy", "largest_region") in CROP_POLICIES, "method.crop_policy",
              f"one of {', '.join(CROP_POLICIES)}")  # fmt: skip
+        need(method.get("signal_policy", "soft") in WINDOW_POLICIES, "method.signal_policy",
+             f"one of {', '.join(WINDOW_POLICIES)}")  # fmt: skip
         need(int(method.get("refresh_every", 0)) >= 1, "method.refresh_every", "an integer >= 1")
         need(0 <= float(method.get("warmup_fraction", 0)) < 1, "method.warmup_fraction",
              "a fraction in [0, 1)")  # fmt: skip
         need(0 < float(method.get("threshold", 0.5)) <= 1, "method.threshold", "a number in (0, 1]")
         need(float(method.get("full_input_weight", 0)) >= 0, "method.full_input_weight", ">= 0")
+
+
+def _check_data(data: Mapping[str, Any], need: Callable[[bool, str, str], None]) -> None:
+    """The data keys of real folders and of the class names (any data)."""
+    layout = data.get("layout", "auto")
+    need(layout in ("auto", *LAYOUTS), "data.layout", f"auto or one of {', '.join(LAYOUTS)}")
+    need(data.get("on_bad_file", "error") in BAD_FILE_POLICIES, "data.on_bad_file",
+         " or ".join(BAD_FILE_POLICIES))  # fmt: skip
+    need(data.get("sampling", "uniform") in SAMPLING_POLICIES, "data.sampling",
+         f"one of {', '.join(SAMPLING_POLICIES)}")  # fmt: skip
+    options = data.get("options") or {}
+    need(isinstance(options, Mapping), "data.options", "a mapping of the layout's split options")
+    for key in options:
+        moved = key in ("on_bad_file", "class_names")
+        need(not moved, f"data.options.{key}", f"no such option (it is data.{key})")
+        if layout != "auto":
+            known = [k for k in layout_options(layout) if k not in ("on_bad_file", "class_names")]
+            need(key in known, f"data.options.{key}",
+                 f"an option of the {layout} layout: {', '.join(known)}")  # fmt: skip
+    names = data.get("class_names")
+    need(names is None or (isinstance(names, list) and len(names) > 0
+                           and len({str(n) for n in names}) == len(names)),
+         "data.class_names", "null or a list of distinct class names")  # fmt: skip
+    if names and not data.get("root") and data.get("synthetic"):
+        count = data["synthetic"].get("num_classes")
+        need(len(names) == count, "data.class_names",
+             f"{count} names (data.synthetic.num_classes) for the synthetic data")  # fmt: skip
+
+
+def _check_video_model(need, data: Mapping, model: Mapping, where: str) -> None:
+    if data.get("root"):
+        need(int(data.get("frame_size", 0)) >= int(model.get("image_size", 0)), "data.frame_size",
+             f"at least {where}.image_size ({model.get('image_size')}), ET crops it")  # fmt: skip
+    elif data.get("synthetic"):
+        synthetic = data["synthetic"]
+        size = synthetic["frame_size"] // synthetic["downsample_factor"]
+        need(model.get("pretrained") or model.get("image_size") == size, f"{where}.image_size",
+             f"data.synthetic.frame_size / downsample_factor = {size}")  # fmt: skip
+    frames = data.get("num_frames", data.get("synthetic", {}).get("num_frames"))
+    need(model.get("pretrained") or model.get("num_frames") == frames, f"{where}.num_frames",
+         f"data.num_frames = {frames}")  # fmt: skip
+    if not model.get("pretrained"):
+        need(model["image_size"] % model["patch_size"] == 0, f"{where}.patch_size",
+             f"a divisor of {where}.image_size ({model['image_size']})")  # fmt: skip
+
+
+def _check_signal_model(need, data: Mapping, model: Mapping, where: str) -> None:
+    length = data.get("signal_length")
+    need(model.get("signal_length") == length, f"{where}.signal_length",
+         f"data.signal_length = {length}")  # fmt: skip
+    patch = model.get("patch_length", 16)
+    need(isinstance(length, int) and length % int(patch) == 0, f"{where}.patch_length",
+         f"a divisor of data.signal_length ({length})")  # fmt: skip
+    channels = model.get("channels")
+    if channels is not None and not data.get("root"):
+        expected = data.get("synthetic", {}).get("signal_channels", 6)
+        need(channels == expected, f"{where}.channels",
+             f"null (from the data) or data.synthetic.signal_channels = {expected}")  # fmt: skip
+
+
+_MODEL_CHECKS = {"video": _check_video_model, "signal": _check_signal_model}
 
 
 def validate_study(cfg: DictConfig) -> None:

@@ -6,7 +6,15 @@ configuration of each method re-trained over seeds, a comparison report and expo
 
 Outputs under `study.output_dir`: `report/` (comparison.md/.csv/.tex, per-method trial tables),
 `best/<method>.yaml` (the final-training command `python -m harness.train` takes them as they are),
-`ray/` (Ray Tune's results), `mlflow.db` (unless `mlflow.tracking_uri` points elsewhere).
+`ray/` (Ray Tune's results), `mlflow.db` (unless `mlflow.tracking_uri` points elsewhere),
+`study_state.json` (what a re-run of the same command resumes from).
+
+Resuming: each stage (`search-<method>`, then `final`) is one Ray Tune experiment under `ray/`.
+Running the same command again on the same `study.output_dir` after the driver died (SIGINT,
+SIGKILL, a lost machine) reloads the results of finished stages without running them, and
+restores an unfinished one with `Tuner.restore(resume_unfinished=True)`: its finished trials
+stay as they are, unfinished ones restart from their last per-epoch checkpoint, failed ones stay
+failed, and the Optuna study (SQLite) continues with its sampler's saved state.
 """
 
 from __future__ import annotations
@@ -33,11 +41,20 @@ from harness.config import (
     trial_config,
     validate_study,
 )
-from harness.data import VideoDataset, prepare_dataset
+from harness.data import Dataset, prepare_dataset
 from harness.data.folders import DatasetError
+from harness.models import model_inputs
 from harness.search_space import check_space, define_by_run
+from harness.study_state import StudyState
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
+# A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
+# num_to_keep=1): that is what bounds the work a killed driver loses, not a problem to warn about.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+class StudyInterrupted(RuntimeError):
+    """A stage ended before all its trials did (SIGINT): the same command resumes it."""
 
 
 def _init_ray(cfg: DictConfig) -> None:
@@ -76,13 +93,48 @@ class _OptunaSearch(OptunaSearch):
     PRUNED (its last score reported as an intermediate value at its epoch) rather than COMPLETE
     with that partial score: TPE then ranks it below every completed trial (pruned trials among
     themselves by how far they got, then by score) instead of taking an early, usually lower,
-    validation accuracy as that configuration's final result."""
+    validation accuracy as that configuration's final result.
+
+    Resumable: Ray Tune saves this searcher with its experiment state (its Optuna trials, the
+    sampler's random state; the study itself lives in `sweep.optuna_storage`). On a start or a
+    restore, Optuna trials left RUNNING that no Tune trial holds (asked by a driver killed
+    before Tune saved the trial) are told FAIL; a trial already finished in the storage (the
+    driver died after telling Optuna, before Tune saved that) is not told or reported again."""
 
     def __init__(self, *, epochs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._epochs = epochs
+        self._checked: set[str] = set()  # trials whose Optuna state this session has checked
+        self._fail_lost_trials()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._checked = set()
+        self._fail_lost_trials()
+
+    def _fail_lost_trials(self) -> None:
+        from optuna.trial import TrialState
+
+        held = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in held:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+    def _skip_if_told(self, trial_id: str) -> None:
+        """Count a trial finished in the storage as completed (checked once per session)."""
+        if trial_id in self._checked or trial_id not in self._ot_trials:
+            return
+        self._checked.add(trial_id)
+        number = self._ot_trials[trial_id].number
+        if self._ot_study.get_trials(deepcopy=False)[number].state.is_finished():
+            self._completed_trials.add(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._skip_if_told(trial_id)
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self._skip_if_told(trial_id)
         stopped_early = bool(result) and not error and result["epoch"] < self._epochs
         if not stopped_early or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
@@ -104,86 +156,99 @@ class _Engine:
     """What every Tuner of a study shares: where results go and how trials are run and logged."""
 
     cfg: DictConfig
-    parent_run_id: str
-    tags: dict[str, str]
+    state: StudyState
     trainable: Callable[[dict[str, Any]], None]
     resources: dict[str, float]
     concurrent: int
 
     def fit(self, name: str, trainable, param_space: dict[str, Any], tags: dict[str, str],
-            **tune_config):  # fmt: skip
+            trials: int, tune_config: Callable[[], dict[str, Any]]):  # fmt: skip
+        """Run stage `name` (a Tune experiment of `trials` trials) to its end: a finished stage's
+        results are loaded, an unfinished one is restored, a new one started (`tune_config()`
+        makes its searcher and scheduler). Raises StudyInterrupted if it ends unfinished."""
         from ray import tune
 
-        from harness.tracking import log_trial_artifacts, trial_callback
+        from harness.tracking import Outbox, TrialRuns, sync_call
 
-        mlflow_cfg = self.cfg.mlflow
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, self.resources),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=self.concurrent,
-                trial_dirname_creator=_trial_dirname,
-                reuse_actors=True,  # a trial actor imports torch + transformers once, not per trial
-                **tune_config,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(Path(self.cfg.study.output_dir) / "ray"),
-                callbacks=[
-                    trial_callback(
-                        mlflow_cfg.tracking_uri,
-                        mlflow_cfg.experiment_name,
-                        self.parent_run_id,
-                        {**self.tags, **tags},
-                    )
-                ],
-                failure_config=tune.FailureConfig(max_failures=int(self.cfg.sweep.max_failures)),
-                verbose=1,
-            ),
-        )
+        path = self.state.ray_dir / name
+        trainable = tune.with_resources(trainable, self.resources)
+        if self.state.begin_stage(name, tags).finished:
+            print(f"{name}: finished in an earlier run, results loaded from {path}", flush=True)
+            return tune.Tuner.restore(str(path), trainable).get_results()
+        if _saved_trials(path):
+            print(f"{name}: resuming the interrupted stage from {path}", flush=True)
+            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=self.concurrent,
+                    trial_dirname_creator=_trial_dirname,
+                    reuse_actors=True,  # a trial actor imports torch + transformers once
+                    **tune_config(),
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(self.state.ray_dir),
+                    callbacks=[TrialRuns(self.state.folder, name)],
+                    # the latest per-epoch checkpoint of each trial (the last one holds its
+                    # artifacts): what a retried or resumed trial restarts from
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(
+                        max_failures=int(self.cfg.sweep.max_failures)
+                    ),
+                    verbose=1,
+                ),
+            )
         grid = tuner.fit()
-        log_trial_artifacts(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, grid)
+        # Judged by the state Tune saved (what a resume starts from): after a SIGINT, Tune's
+        # in-memory trials read TERMINATED, the saved ones RUNNING.
+        ended = sum(trial.status in ("TERMINATED", "ERROR") for trial in _saved_trials(path))
+        if ended < trials:
+            raise StudyInterrupted(f"{name}: {ended} of {trials} trials ended")
+        self.state.finish_stage(name)
+        Outbox.to(self.state.tracking_uri).put(sync_call(self.state, [name]))
         return grid
 
     def search(self, method: str):
         """Optuna TPE over the method's space, trials run by Ray Tune (ASHA stops the weak ones
         early when `sweep.scheduler=asha`)."""
-        import optuna
-        from ray.tune.schedulers import ASHAScheduler
-
         cfg = self.cfg
         space = OmegaConf.to_container(cfg.space[method], resolve=True)
         params = check_space(space, f"space.{method}")
-        searcher = _OptunaSearch(
-            epochs=int(cfg.train.epochs),
-            space=define_by_run(params),
-            metric=cfg.sweep.metric,
-            mode=cfg.sweep.mode,
-            sampler=optuna.samplers.TPESampler(
-                seed=int(cfg.sweep.sampler_seed), n_startup_trials=int(cfg.sweep.startup_trials)
-            ),
-            storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
-            study_name=f"{cfg.study.name}-{method}",
-        )
-        scheduler = None
-        if cfg.sweep.scheduler == "asha":
-            scheduler = ASHAScheduler(
-                time_attr="epoch",
-                max_t=int(cfg.train.epochs),
-                grace_period=int(cfg.sweep.asha.grace_period),
-                reduction_factor=float(cfg.sweep.asha.reduction_factor),
+
+        def tune_config() -> dict[str, Any]:
+            import optuna
+            from ray.tune.schedulers import ASHAScheduler
+
+            searcher = _OptunaSearch(
+                epochs=int(cfg.train.epochs),
+                space=define_by_run(params),
+                metric=cfg.sweep.metric,
+                mode=cfg.sweep.mode,
+                sampler=optuna.samplers.TPESampler(
+                    seed=int(cfg.sweep.sampler_seed),
+                    n_startup_trials=int(cfg.sweep.startup_trials),
+                ),
+                storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
+                study_name=f"{cfg.study.name}-{method}",
             )
+            scheduler = None
+            if cfg.sweep.scheduler == "asha":
+                scheduler = ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=int(cfg.train.epochs),
+                    grace_period=int(cfg.sweep.asha.grace_period),
+                    reduction_factor=float(cfg.sweep.asha.reduction_factor),
+                )
+            return dict(search_alg=searcher, scheduler=scheduler, metric=cfg.sweep.metric,
+                        mode=cfg.sweep.mode, num_samples=int(cfg.sweep.num_samples))  # fmt: skip
+
         grid = self.fit(
-            f"search-{method}",
-            self.trainable,
-            trial_config(cfg, method),
-            {"stage": "search", "method": method},
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=int(cfg.sweep.num_samples),
-            metric=cfg.sweep.metric,
-            mode=cfg.sweep.mode,
-        )
+            f"search-{method}", self.trainable, trial_config(cfg, method),
+            {"stage": "search", "method": method}, int(cfg.sweep.num_samples), tune_config,
+        )  # fmt: skip
         return grid, params
 
     def final(self, best: dict[str, dict[str, Any]]):
@@ -192,12 +257,22 @@ class _Engine:
         travel with the trainable."""
         from ray import tune
 
-        space = {
-            "method": tune.grid_search(list(best)),
-            "seed": tune.grid_search(list(range(int(self.cfg.final.seeds)))),
-        }
+        seeds = int(self.cfg.final.seeds)
+        space = {"method": tune.grid_search(list(best)),
+                 "seed": tune.grid_search(list(range(seeds)))}  # fmt: skip
         trainable = tune.with_parameters(_retrain, run=self.trainable, configs=best)
-        return self.fit("final", trainable, space, {"stage": "final"}, num_samples=1)
+        return self.fit("final", trainable, space, {"stage": "final"}, len(best) * seeds,
+                        lambda: {"num_samples": 1})  # fmt: skip
+
+
+def _saved_trials(path: Path) -> list:
+    """The trials in the experiment state Ray Tune saved under `path` (none before its first
+    snapshot)."""
+    from ray import tune
+
+    if not any(path.glob("experiment_state-*.json")):
+        return []
+    return tune.ExperimentAnalysis(str(path)).trials
 
 
 def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) -> None:
@@ -205,9 +280,9 @@ def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) ->
 
 
 def _reason(error: BaseException) -> str:
-    """The original exception's last line (Ray wraps it with the remote traceback)."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    from harness.tracking import last_line
+
+    return last_line(str(error)) or type(error).__name__
 
 
 def _finished(grid) -> list:
@@ -228,31 +303,85 @@ def _export_best(
     path.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
 
 
-def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
+def _open_state(cfg: DictConfig, tags: dict[str, str]) -> StudyState:
+    """The study's state in its output folder: new, or (same command again) the one to resume.
+    A folder holding a study started with another configuration is refused."""
+    config = _comparable(cfg)
+    state = StudyState.load(Path(cfg.study.output_dir))
+    if state is None:
+        state = StudyState(Path(cfg.study.output_dir), cfg.mlflow.tracking_uri,
+                           cfg.mlflow.experiment_name, config, tags=tags)  # fmt: skip
+    elif state.config != config:
+        old, new = _flat(state.config), _flat(config)
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"study.output_dir: {state.folder} holds a study started with other settings "
+            f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])}); run the "
+            "same command to resume it, or choose another study.output_dir"
+        )
+    return state
+
+
+def _comparable(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a resumed study must share with its start: all but where it runs (`ray`)
+    and how long the end waits for MLflow."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    del config["ray"]
+    config["mlflow"].pop("flush_timeout_s", None)
+    return yaml.safe_load(yaml.safe_dump(config))  # plain types, as the state file reads back
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """Raise ConfigError if `study.output_dir` holds a study with other settings."""
+    _open_state(cfg, {})
+
+
+def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
-    from `cfg.data` when not given); returns the report folder."""
-    from harness.tracking import finish_study_run, start_study_run
-    from reports.comparison import (
-        MethodSummary,
-        comparison_table,
-        failures_table,
-        write_comparison,
-    )
+    from `cfg.data` when not given), or resume it from `study.output_dir`; returns the report
+    folder. Raises StudyInterrupted when a stage was interrupted (SIGINT)."""
+    from harness.tracking import Outbox, start_study_run
     from trainables import TRAINABLES
 
     started = time.perf_counter()
     out = Path(cfg.study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = dataset or prepare_dataset(cfg.data)  # once, in the driver; trials memory-map it
-    print(f"data: {dataset.name} ({len(dataset.labels)} clips, {dataset.num_classes} classes)"
+    # once, in the driver; trials memory-map it
+    dataset = dataset or prepare_dataset(cfg.data, model_inputs(cfg.model))
+    print(f"data: {dataset.name} ({len(dataset.labels)} samples of {'+'.join(dataset.inputs)}, "
+          f"{dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
     tags = {"experiment": cfg.experiment, "data": dataset.name, "synthetic": str(dataset.synthetic)}
-    parent = start_study_run(
-        cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.study.name,
-        out / "study_state.json", tags,
-    )  # fmt: skip
+    state = _open_state(cfg, tags)
+    resumed = bool(state.stages)
+    state.parent_run_id = start_study_run(state)
+    state.save()
     _init_ray(cfg)
-    engine = _Engine(cfg, parent, tags, TRAINABLES[cfg.modality], *_resources(cfg))
+    engine = _Engine(cfg, state, TRAINABLES[cfg.modality], *_resources(cfg))
+    outbox = Outbox.to(state.tracking_uri)
+    try:
+        report = _run_stages(cfg, engine, dataset, started, resumed)
+    finally:
+        left = outbox.drain(float(cfg.mlflow.flush_timeout_s))
+        if left:
+            print(f"mlflow: {state.tracking_uri} did not take {left} waiting records within "
+                  f"mlflow.flush_timeout_s={cfg.mlflow.flush_timeout_s}; the study's files hold "
+                  f"them: python -m harness.tracking sync {out}", file=sys.stderr)  # fmt: skip
+    return report
+
+
+def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: float,
+                resumed: bool) -> Path:  # fmt: skip
+    from harness.tracking import Outbox, sync_call
+    from reports.comparison import (
+        MethodSummary,
+        comparison_table,
+        failures_table,
+        skipped_table,
+        write_comparison,
+    )
+
+    state, out = engine.state, engine.state.folder
     summaries, best_configs = {}, {}
     for method in cfg.study.methods:
         grid, params = engine.search(method)
@@ -283,15 +412,20 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
         "final seeds": str(cfg.final.seeds),
-        "wall time": f"{elapsed / 60:.1f} min",
+        "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "
-        f"parent run {parent})",
+        f"parent run {state.parent_run_id})",
     }
+    if not dataset.synthetic:
+        notes["data folder"] = f"{cfg.data.root} ({len(dataset.skipped)} files skipped)"
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
-    paths = write_comparison(table, out / "report", title, notes, failures_table(summaries))
+    paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
+                             skipped_table(dataset.skipped))  # fmt: skip
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
-    finish_study_run(cfg.mlflow.tracking_uri, parent, {"wall_seconds": round(elapsed)},
-                     {k: v for k, v in metrics.items() if v == v}, out / "report")  # fmt: skip
+    state.summary = {"params": {"wall_seconds": round(elapsed)},
+                     "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
+    state.save()
+    Outbox.to(state.tracking_uri).put(sync_call(state, parent=True))  # and stages not synced
     print(paths["md"].read_text(), flush=True)
     return out / "report"
 
@@ -337,11 +471,22 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     try:
-        dataset = prepare_dataset(cfg.data)  # a bad data folder stops here, before Ray starts
-    except (DatasetError, FileNotFoundError) as error:
-        print(f"error: data.root: {error}", file=sys.stderr)
+        check_output_dir(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    run_study(cfg, dataset)
+    try:
+        # a bad data folder stops here, before Ray starts
+        dataset = prepare_dataset(cfg.data, model_inputs(cfg.model))
+    except (DatasetError, ValueError, FileNotFoundError) as error:  # ValueError: clips not decoded
+        print(f"error: data{'.root' if cfg.data.root else ''}: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_study(cfg, dataset)
+    except StudyInterrupted as error:
+        print(f"interrupted ({error}); run the same command again to resume the study",
+              file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,73 @@ from omegaconf import OmegaConf
 
 from harness.data import iterate_batches, open_dataset
 from harness.data.folders import DatasetError
-from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion
-from harness.methods import build_method
-from harness.models import build_model
+from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion, method_for
+from harness.models import build_model, model_inputs
 
 Report = Callable[[dict[str, float], Path | None], None]
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainingState:
+    """Where a training run stands after `epoch` epochs: the state dicts of `parts` (model,
+    optimizer, LR schedule, training method: anything with `state_dict`/`load_state_dict`), the
+    batch-shuffling generator, the global random generators and the epoch's metrics.
+
+    Saved with `torch.save` as tensors and plain values only, and read back with
+    `torch.load(weights_only=True)` (no pickled code runs on load)."""
+
+    parts: dict[str, Any]
+    generator: torch.Generator
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            "random": {"generator": self.generator.get_state(), **_global_random_state()},
+        }
+        torch.save(state, folder / STATE_FILE)
+
+    def load(self, folder: Path, device: torch.device) -> None:
+        state = torch.load(folder / STATE_FILE, map_location=device, weights_only=True)
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name])
+        self.generator.set_state(state["random"]["generator"].cpu())
+        _set_global_random_state(state["random"])
+        self.epoch, self.metrics = int(state["epoch"]), dict(state["metrics"])
+
+
+CheckpointHook = Callable[[TrainingState, Path | None], None]
+
+
+def _global_random_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_rest": (numpy_state["state"]["pos"], numpy_state["has_gauss"], numpy_state["gauss"]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_random_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    pos, has_gauss, gauss = state["numpy_rest"]
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": state["numpy_key"].cpu().numpy().astype(np.uint32), "pos": pos},
+        "has_gauss": has_gauss, "gauss": gauss,
+    })  # fmt: skip
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,24 +114,28 @@ def print_report(metrics: dict[str, float], artifacts: Path | None) -> None:
 
 
 def train_and_evaluate(
-    config: Mapping[str, Any], report: Report = print_report, artifacts_dir: Path | None = None
+    config: Mapping[str, Any],
+    report: Report = print_report,
+    artifacts_dir: Path | None = None,
+    *,
+    checkpoint: CheckpointHook | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, float]:
     """Train `config` for `train.epochs`, reporting after every epoch.
 
     The last report adds the test accuracy, the occlusion metrics and (in `artifacts_dir`) the
-    model weights and an explanation gallery."""
+    model weights and an explanation gallery. `checkpoint(state, folder)` runs before each report
+    (folder: `artifacts_dir` at the last report, else None); `resume_from` is a folder a
+    `TrainingState` was saved to: training continues after its epoch, as if never stopped."""
     train_cfg, eval_cfg = config["train"], config["evaluation"]
     generator = seed_everything(int(config["seed"]))
     if train_cfg.get("threads"):
         torch.set_num_threads(int(train_cfg["threads"]))
     device = resolve_device(str(train_cfg.get("device", "auto")))
-    dataset = open_dataset(config["data"])
-    model = build_model(config["model"], dataset.num_classes).to(device)
+    dataset = open_dataset(config["data"], model_inputs(config["model"]))
+    model = build_model(config["model"], dataset.num_classes, dataset.signal_channels).to(device)
     epochs = int(train_cfg["epochs"])
-    method = build_method(
-        config["method"], input_size=model.image_size, epochs=epochs,
-        evaluation_explainer=str(eval_cfg["explainer"]),
-    )  # fmt: skip
+    method = method_for(config, model)
     batch_size, eval_batch_size = int(train_cfg["batch_size"]), int(train_cfg["eval_batch_size"])
     train_idx, val_idx = dataset.indices("train"), dataset.indices("val")
     optimizer = torch.optim.AdamW(
@@ -84,8 +150,12 @@ def train_and_evaluate(
     def train_batches():
         return iterate_batches(dataset, train_idx, eval_batch_size, device=device)
 
-    metrics: dict[str, float] = {}
-    for epoch in range(epochs):
+    state = TrainingState(
+        {"model": model, "optimizer": optimizer, "schedule": schedule, "method": method}, generator
+    )
+    if resume_from is not None:
+        state.load(resume_from, device)
+    for epoch in range(state.epoch, epochs):
         started = time.perf_counter()
         method.start_epoch(model, epoch, train_batches)
         model.train()
@@ -101,10 +171,11 @@ def train_and_evaluate(
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
             optimizer.step()
             schedule.step()
-            loss_sum += loss.item() * len(batch.labels)
+            loss_sum += loss.item() * len(batch)
             correct += (logits.argmax(1) == batch.labels).sum().item()
         val = evaluate_accuracy(model, method, dataset, val_idx, eval_batch_size, device)
-        metrics = {
+        state.epoch = epoch + 1
+        state.metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / len(train_idx),
             "train_accuracy": correct / len(train_idx),
@@ -112,15 +183,19 @@ def train_and_evaluate(
             "val_accuracy": val.accuracy,
             "epoch_seconds": time.perf_counter() - started,
         }
-        last = epoch == epochs - 1
-        if last:
-            test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
-            metrics.update(test.metrics)
-            if artifacts_dir is not None:
-                _save_artifacts(
-                    config, model, method, dataset, test.occlusion, artifacts_dir, device
-                )
-        report(metrics, artifacts_dir if last else None)
+        if state.epoch < epochs:
+            if checkpoint is not None:
+                checkpoint(state, None)
+            report(state.metrics, None)
+    # The last epoch's report adds the test evaluation (a run restored after its last epoch
+    # evaluates its restored model again and reports the same numbers).
+    test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
+    metrics = {**state.metrics, **test.metrics}
+    if artifacts_dir is not None:
+        _save_artifacts(config, model, method, dataset, test.occlusion, artifacts_dir, device)
+    if checkpoint is not None:
+        checkpoint(state, artifacts_dir)
+    report(metrics, artifacts_dir)
     return metrics
 
 
@@ -140,9 +215,10 @@ def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device) -> _Tes
 
 def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, device) -> None:
     """model.pt (state dict), config.yaml (the trial config: the folder is self-describing), the
-    occlusion curves of the method's explainer and an explanation gallery of a few test clips."""
+    occlusion curves of the method's explainer and an explanation gallery of a few test inputs
+    per modality (gallery_<explainer>.png for clips, signal_gallery_<explainer>.png for signals)."""
     from reports.curves import plot_occlusion_curves
-    from reports.gallery import save_gallery
+    from reports.gallery import save_gallery, save_signal_gallery
 
     eval_cfg = config["evaluation"]
     label = " (SYNTHETIC)" if dataset.synthetic else ""
@@ -157,14 +233,21 @@ def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, dev
     rows = dataset.indices("test")[: int(eval_cfg["gallery_clips"])]
     batch = next(iterate_batches(dataset, rows, len(rows), device=device))
     model.eval()
-    relevance = method.explain(model, batch.clips)
+    relevance = method.explain(model, batch.inputs)
     with torch.enable_grad():
-        predicted = method.predict(model, batch.clips).argmax(1)
-    save_gallery(
-        method.view(batch.clips).cpu(), relevance.cpu(), batch.labels.cpu(), predicted.cpu(),
-        dataset.class_names, folder / f"gallery_{method.explainer}.png",
-        title=f"{method.name} / {method.explainer}{label}",
-    )  # fmt: skip
+        predicted = method.predict(model, batch.inputs).argmax(1).cpu()
+    views = method.view(batch.inputs)
+    title = f"{method.name} / {method.explainer}{label}"
+    galleries = {
+        "video": (save_gallery, "gallery"),
+        "signal": (save_signal_gallery, "signal_gallery"),
+    }
+    for m, (save, stem) in galleries.items():
+        if m in views:
+            save(
+                views[m].cpu(), relevance[m].cpu(), batch.labels.cpu(), predicted,
+                dataset.class_names, folder / f"{stem}_{method.explainer}.png", title=title,
+            )  # fmt: skip
 
 
 def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -201,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config["data"].get("synthetic") is not None and not config["data"].get("root"):
+    if not config["data"].get("root"):
         print("note: training on the built-in SYNTHETIC data", flush=True)
     try:  # the dataset is opened (checked, decoded if needed) before any training starts
         metrics = train_and_evaluate(config, artifacts_dir=args.output)

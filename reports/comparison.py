@@ -4,7 +4,7 @@ best parameters). Written as Markdown, LaTeX and CSV, labelled SYNTHETIC when th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+_SKIPPED_SHOWN = 50  # skipped files listed in comparison.md (all of them in skipped_files.csv)
 OCCLUSION_COLUMNS = (
     "occ_morf_auc",
     "occ_lerf_auc",
@@ -101,6 +102,8 @@ def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
         "best val acc": table["best_val_acc"].map("{:.3f}".format),
         "best params": table["best_params"],
     })  # fmt: skip
+    if table["occ_seed_morf_acc"].isna().all():  # no video input: the seed protocol is video's
+        shown = shown.drop(columns=["30%+2f MoRF", "30%+2f LeRF"])
     return shown
 
 
@@ -109,16 +112,24 @@ def failures_table(summaries: Sequence[MethodSummary]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "trial", "reason"])
 
 
+def skipped_table(skipped: Iterable[Any]) -> pd.DataFrame:
+    """The data files a study left out (objects with `path` and `reason`, e.g. the dataset
+    index's `Skipped` entries)."""
+    rows = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+    return pd.DataFrame(rows, columns=["path", "reason"])
+
+
 def write_comparison(
     table: pd.DataFrame,
     folder: Path,
     title: str,
     notes: Mapping[str, str],
     failures: pd.DataFrame | None = None,
+    skipped: pd.DataFrame | None = None,
     baseline: str = "vanilla",
 ) -> dict[str, Path]:
-    """comparison.md / .tex / .csv in `folder` (and failed_trials.csv); the SYNTHETIC label heads
-    every file."""
+    """comparison.md / .tex / .csv in `folder` (and failed_trials.csv, skipped_files.csv); the
+    SYNTHETIC label heads every file."""
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = bool(table["synthetic"].any())
     label = "SYNTHETIC DATA: built-in generator, not a real dataset. " if synthetic else ""
@@ -134,11 +145,21 @@ def write_comparison(
         "Occlusion (test split, the method's own explainer): area under accuracy vs share of "
         "tokens occluded, most-relevant-first (MoRF, lower = more faithful) and "
         "least-relevant-first (LeRF); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol "
-        "(30% of spatial patches and 2 frames).",
+        "(30% of spatial patches and 2 frames; video inputs). Signal tokens are time patches; a "
+        "multimodal model has each input occluded by its own branch's relevance at each level.",
     ]
     if failures is not None and len(failures):
         lines += ["", "## Failed trials", "", failures.to_markdown(index=False)]
         failures.to_csv(folder / "failed_trials.csv", index=False)
+    if skipped is not None and len(skipped):
+        shown_skipped = skipped.head(_SKIPPED_SHOWN)
+        lines += ["", "## Skipped data files", "",
+                  f"{len(skipped)} files of the data folder are not in the study "
+                  "(data.on_bad_file, and files that are not samples); all in skipped_files.csv.",
+                  "", shown_skipped.to_markdown(index=False)]  # fmt: skip
+        if len(skipped) > _SKIPPED_SHOWN:
+            lines += ["", f"... and {len(skipped) - _SKIPPED_SHOWN} more."]
+        skipped.to_csv(folder / "skipped_files.csv", index=False)
     paths = {
         "md": folder / "comparison.md",
         "csv": folder / "comparison.csv",

@@ -1,7 +1,8 @@
 """Explanation galleries: frames of a few clips with an explainer's relevance over them.
 
 `save_gallery`: a PNG grid (one row per clip, one column per frame); `save_clip_gif`: an animated
-GIF of one clip, its frames in turn with the heatmap over them.
+GIF of one clip, its frames in turn with the heatmap over them; `save_signal_gallery`: one panel
+per signal, its channels over time on a band of its relevance per time token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ def _heat(relevance: torch.Tensor, size: int) -> torch.Tensor:
     return heat / heat.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
 
 
+def _label(ax, class_names: Sequence[str], label: torch.Tensor, predicted: torch.Tensor) -> None:
+    ax.set_ylabel(f"{class_names[int(label)]}\n→ {class_names[int(predicted)]}", fontsize=6)
+
+
+def _save(fig, path: Path, title: str) -> Path:
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def save_gallery(
     clips: torch.Tensor,
     relevance: torch.Tensor,
@@ -46,14 +59,37 @@ def save_gallery(
             ax.imshow(heat[b, t].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[b][0].set_ylabel(
-            f"{class_names[int(labels[b])]}\n→ {class_names[int(predicted[b])]}", fontsize=6
-        )
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+        _label(axes[b][0], class_names, labels[b], predicted[b])
+    return _save(fig, path, title)
+
+
+def save_signal_gallery(
+    signals: torch.Tensor,
+    relevance: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    class_names: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """PNG: one panel per signal [L, C] (channels as lines), relevance [n] per time token
+    (normalised per signal) as a heat band behind them."""
+    B, L, C = signals.shape
+    heat = relevance.float().clamp(min=0)
+    heat = heat / heat.amax(1, keepdim=True).clamp(min=1e-12)
+    fig, axes = plt.subplots(B, 1, figsize=(7, 1.3 * B + 0.4), squeeze=False)
+    for b in range(B):
+        ax = axes[b][0]
+        low, high = float(signals[b].min()), float(signals[b].max())
+        ax.imshow(
+            heat[b][None].numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, aspect="auto",
+            extent=(0, L, low, high), interpolation="nearest",
+        )  # fmt: skip
+        ax.plot(signals[b].numpy(), linewidth=0.6)
+        ax.set_xlim(0, L)
+        ax.set_yticks([])
+        _label(ax, class_names, labels[b], predicted[b])
+    return _save(fig, path, title)
 
 
 def save_clip_gif(

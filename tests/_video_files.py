@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import av
@@ -52,3 +53,66 @@ def decoded_index(frame: np.ndarray) -> int:
     width = frame.shape[1]
     left = frame[:, : max(1, width // 2 - 2)].astype(np.float64).mean()
     return int(round((left - 16) / 12))
+
+
+def identity_frames(clip: int, num_frames: int = 10, size: int = 32) -> np.ndarray:
+    """:func:`indexed_frames` whose coloured half also carries the clip's number: its blue level
+    is :func:`clip_level` ``(clip)``."""
+    frames = indexed_frames(num_frames, size, size)
+    frames[:, :, size // 2 :, 2] = clip_level(clip)
+    return frames
+
+
+def clip_level(clip: int) -> int:
+    """The blue level that identifies clip ``clip`` in :func:`identity_frames` (steps of 20)."""
+    return 20 * (clip % 12)
+
+
+def ucf50_tree(
+    root: Path, classes: Sequence[str], groups: Sequence[int], clips_per_group: int = 1,
+    make: Callable[[int], np.ndarray] = identity_frames,
+) -> dict[str, int]:  # fmt: skip
+    """``<root>/<Class>/v_<Class>_gNN_cNN.avi`` for every class, group and clip; the frames of
+    the i-th file written are ``make(i)``.  Returns ``{clip_id: i}``."""
+    written: dict[str, int] = {}
+    for cls in classes:
+        for group in groups:
+            for c in range(1, clips_per_group + 1):
+                clip_id = f"v_{cls}_g{group:02d}_c{c:02d}"
+                write_video(root / cls / f"{clip_id}.avi", make(len(written)))
+                written[clip_id] = len(written)
+    return written
+
+
+def crema_d_tree(
+    root: Path, actors: Sequence[int], emotions: Sequence[str], sentences: Sequence[str] = ("DFA",),
+    make: Callable[[int], np.ndarray] = identity_frames,
+) -> dict[str, int]:  # fmt: skip
+    """``<root>/<Actor>_<Sentence>_<Emotion>_XX.mp4`` (libx264) for every actor, sentence and
+    emotion; the frames of the i-th file written are ``make(i)``.  Returns ``{clip_id: i}``."""
+    written: dict[str, int] = {}
+    for actor in actors:
+        for sentence in sentences:
+            for emotion in emotions:
+                clip_id = f"{actor}_{sentence}_{emotion}_XX"
+                write_video(root / f"{clip_id}.mp4", make(len(written)), codec="libx264")
+                written[clip_id] = len(written)
+    return written
+
+
+def birds_tree(
+    root: Path, rows: Sequence[tuple[str, str, str]],
+    make: Callable[[int], np.ndarray] = identity_frames,
+) -> dict[str, int]:  # fmt: skip
+    """``<root>/annotations.csv`` (clip_id, label, split and an extra ``subject`` column) and
+    ``<root>/video/<clip_id>.avi`` for every ``(clip_id, label, split)`` row; the frames of the
+    i-th clip are ``make(i)``.  Returns ``{clip_id: i}``."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["clip_id,label,split,subject"]
+    written: dict[str, int] = {}
+    for clip_id, label, split in rows:
+        write_video(root / "video" / f"{clip_id}.avi", make(len(written)))
+        written[clip_id] = len(written)
+        lines.append(f"{clip_id},{label},{split},s{len(written)}")
+    (root / "annotations.csv").write_text("\n".join(lines) + "\n")
+    return written

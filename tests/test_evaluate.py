@@ -129,13 +129,14 @@ def test_an_explicit_explainer_equals_the_methods_own(tmp_path, workspace):
     own = evaluate_occlusion(*args)
     explicit = evaluate_occlusion(*args, explainer="rollout_fem", keep_relevance=True)
     assert explicit.as_metrics() == own.as_metrics()
-    assert explicit.relevance.shape == (9, 4, 2, 2)
+    assert explicit.relevance["video"].shape == (9, 4, 2, 2)
     assert sorted(explicit.rows.tolist()) == trained.dataset.indices("test").tolist()
     # random relevance is seeded
     first = evaluate_occlusion(*args, explainer="random", seed=3, keep_relevance=True)
     again = evaluate_occlusion(*args, explainer="random", seed=3, keep_relevance=True)
     other = evaluate_occlusion(*args, explainer="random", seed=4, keep_relevance=True)
-    assert first.relevance.equal(again.relevance) and not first.relevance.equal(other.relevance)
+    first, again, other = (r.relevance["video"] for r in (first, again, other))
+    assert first.equal(again) and not first.equal(other)
 
 
 def test_bad_sources_are_named(tmp_path, capsys):
@@ -175,14 +176,16 @@ def test_a_planted_salient_token_is_found_where_it_is(workspace):
     planted[1, 1, 0] = 1.0
 
     class Planted(Vanilla):
-        def predict(self, model, clips):  # full-res 48 px, 2 x 2 grid: the token is 24 x 24 px
-            intact = clips[:, 1, :, 24:, :24].amin(dim=(1, 2, 3)) > 0
+        def predict(self, model, inputs):  # full-res 48 px, 2 x 2 grid: the token is 24 x 24 px
+            intact = inputs["video"][:, 1, :, 24:, :24].amin(dim=(1, 2, 3)) > 0
             return torch.stack([intact.float(), (~intact).float()], 1) * 10
 
-        def explain(self, model, clips, target=None):
-            return planted.expand(len(clips), -1, -1, -1)
+        def explain(self, model, inputs, target=None, *, explainer=None, **kwargs):
+            if explainer is not None:
+                return super().explain(model, inputs, target, explainer=explainer, **kwargs)
+            return {"video": planted.expand(len(inputs["video"]), -1, -1, -1)}
 
-    method = Planted({"name": "vanilla"}, input_size=16, epochs=1)
+    method = Planted({"name": "vanilla"}, modalities=trained.method.modalities, epochs=1)
     indices = dataset.indices("test")
     cfg = dict(config["evaluation"], occlusion_levels=[0.0, 0.25, 0.5])
     oracle = evaluate_occlusion(trained.model, method, dataset, indices, cfg, 4)

@@ -360,7 +360,7 @@ def test_crema_d_actor_splits(tmp_path):
     assert index.samples[0].clip_id == "1001_DFA_ANG_XX" and index.samples[0].label == "ANG"
 
     chosen = index_crema_d(
-        root, test_actors=[1001], val_actors=["1002", "1003"], emotions=["SAD", "ANG"]
+        root, test_actors=[1001], val_actors=["1002", "1003"], class_names=["SAD", "ANG"]
     )
     assert chosen.class_names == ("SAD", "ANG") and len(chosen) == 40
     assert {s.group for s in chosen.samples if s.split == "val"} == {"1002", "1003"}
@@ -373,8 +373,10 @@ def test_crema_d_errors(tmp_path):
         index_crema_d(root, test_actors=[1002], val_actors=[1002])
     with pytest.raises(DatasetError, match=r"test_actors \['1099'\] have no clips"):
         index_crema_d(root, test_actors=[1099])
-    with pytest.raises(ValueError, match="emotions must be a non-empty subset"):
-        index_crema_d(root, emotions=["JOY"])
+    with pytest.raises(ValueError, match="class_names must be distinct CREMA-D emotions"):
+        index_crema_d(root, class_names=["JOY"])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) test_groups for the crema_d layout"):
+        index_folder(root, test_groups=[1])
     _touch(root / "1001_DFA_JOY_XX.flv")
     _touch(root / "1001_DFA_ANG_ZZ.flv")
     _touch(root / "clip.flv")
@@ -489,7 +491,7 @@ def test_cache_undecodable_clip(video_tree, tmp_path):
     with pytest.raises(ValueError, match=r"(?s)1 of 6 clips could not be decoded.*c\.mp4"):
         build_video_cache(samples, 4, 16, "uniform", tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written
-    folder = build_video_cache(samples, 4, 16, "uniform", tmp_path / "cache", on_error="skip")
+    folder = build_video_cache(samples, 4, 16, "uniform", tmp_path / "cache", on_bad_file="skip")
     cached = load_video_cache(folder)
     assert cached.clip_ids == ("a", "b", "d", "e", "f") and cached.video.shape[0] == 5
     assert [decoded_index(f) for f in cached.video[2]] == [1, 3, 6, 8]

@@ -95,6 +95,11 @@ def planted(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return clips, predict_proba
 
 
+def _occluder(clips, grid):
+    """Occlude the clips by the one relevance map there is, whatever its key."""
+    return lambda masks: apply_occlusion(clips, next(iter(masks.values())), grid)
+
+
 def test_occlusion_curve_hand_computed() -> None:
     region = torch.zeros(2, 2, 2, 2, dtype=torch.bool)  # B = 2, T = 2, 2x2 grid: N = 8 tokens
     region[0].view(-1)[[1, 4, 6]] = True  # 3 planted tokens
@@ -103,7 +108,9 @@ def test_occlusion_curve_hand_computed() -> None:
     relevance = region.float().flatten(2)  # perfect relevance [B, T, P]
     labels = torch.ones(2, dtype=torch.long)
     levels = (0.0, 0.25, 0.5, 0.75)  # k = 0, 2, 4, 6 tokens
-    curve = occlusion_curve(predict_proba, clips, labels, relevance, (2, 2), levels)
+    curve = occlusion_curve(
+        predict_proba, clips, labels, {"video": relevance}, _occluder(clips, (2, 2)), levels
+    )
     # MoRF tokens left: s0 3,1,0,0 (p 1,1/3,0,0); s1 5,3,1,0 (p 1,.6,.2,0)
     # LeRF tokens left: s0 3,3,3,2 (p 1,1,1,2/3); s1 5,5,4,2 (p 1,1,.8,.4)
     assert curve.morf_accuracy == [1.0, 0.5, 0.0, 0.0]
@@ -123,7 +130,8 @@ def test_occlusion_curve_hand_computed() -> None:
     # predict_proba normalises by the full batch's masses: rebuild per-sample models
     halves = [
         occlusion_curve(planted(region[i : i + 1])[1], clips[i : i + 1], labels[i : i + 1],
-                        relevance[i : i + 1], (2, 2), levels)
+                        {"video": relevance[i : i + 1]}, _occluder(clips[i : i + 1], (2, 2)),
+                        levels)
         for i in (0, 1)
     ]  # fmt: skip
     merged = OcclusionCurve.merge(halves)
@@ -145,9 +153,9 @@ def test_planted_relevance_beats_random_and_call_count() -> None:
     labels = torch.ones(16, dtype=torch.long)
     perfect = region.float().flatten(2) + 0.01 * torch.rand(16, 4, 16, generator=gen)
     noise = torch.rand(16, 4, 16, generator=gen)
-    good = occlusion_curve(predict_proba, clips, labels, perfect, (4, 4))
+    good = occlusion_curve(predict_proba, clips, labels, {"v": perfect}, _occluder(clips, (4, 4)))
     assert calls == [16] * 19  # 1 + 2 * (10 - 1), each over the whole batch
-    bad = occlusion_curve(predict_proba, clips, labels, noise, (4, 4))
+    bad = occlusion_curve(predict_proba, clips, labels, {"v": noise}, _occluder(clips, (4, 4)))
     assert good.gap > bad.gap + 0.3
     assert good.morf_auc < bad.morf_auc and good.lerf_auc > bad.lerf_auc
 
@@ -164,5 +172,6 @@ def test_seed_protocol_accuracy() -> None:
         calls.append(1)
         return predict_proba(x)
 
-    assert seed_protocol_accuracy(counted, clips, labels, relevance, (2, 2)) == (0.0, 1.0)
+    occlude = lambda mask: apply_occlusion(clips, mask, (2, 2))  # noqa: E731
+    assert seed_protocol_accuracy(counted, labels, relevance, occlude) == (0.0, 1.0)
     assert len(calls) == 2

@@ -51,7 +51,7 @@ def test_cli_exits_2_before_starting_ray(capsys):
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("tool", ["sweep", "train", "evaluate"])
+@pytest.mark.parametrize("tool", ["sweep", "train", "evaluate", "tracking"])
 def test_help_works(tool):
     result = subprocess.run(
         [sys.executable, "-m", f"harness.{tool}", "--help"],

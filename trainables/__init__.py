@@ -1,5 +1,9 @@
-"""Ray Tune trainables, one per modality: `TRAINABLES[modality]` runs one trial config."""
+"""Ray Tune trainables: `TRAINABLES[modality]` runs one trial config of that modality.
 
-from trainables.video import train_video
+One function serves every modality: the trial config's model decides the inputs (the dataset
+loads what the model reads) and the methods adapt to them (harness/methods/modality.py).
+"""
 
-TRAINABLES = {"video": train_video}
+from trainables.trial import run_trial
+
+TRAINABLES = {"video": run_trial, "signal": run_trial, "hybrid": run_trial}

@@ -1,16 +1,21 @@
-"""Datasets: clips (and their labels and splits) held in memory-mapped arrays shared by trials.
+"""Datasets: clips, signals, labels and splits held in memory-mapped arrays shared by trials.
 
 A study prepares its dataset once in the driver (`prepare_dataset`: generate or decode, then cache
 to disk); every trial opens the cached arrays memory-mapped (`open_dataset`), so trials neither
-decode nor copy clips. Clips are kept at their storage resolution (uint8 [N, T, H, W, 3]); the
-training methods decide how a clip becomes the model's input (downsampled whole, or cropped to its
-salient region first).
+decode nor copy clips. A dataset holds the inputs its model reads (`inputs`: "video", "signal" or
+both): clips at their storage resolution (uint8 [N, T, H, W, 3]) and signals (float32 [N, L, C]).
+The training methods decide how an input becomes the model's (a clip downsampled whole or cropped
+to its salient region first; a signal whole, weighted or cropped to its salient window).
+
+Signals are standardised per channel with the mean and standard deviation of the training split
+(`Dataset.signal_stats`), so real sensor units (m/s^2, deg/s) and the synthetic ones give the model
+inputs of the same scale; the statistics come from training data only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +25,33 @@ import torch
 from harness.data.synthetic import SyntheticSpec, load_or_generate
 
 SPLITS = ("train", "val", "test")
+INPUTS = ("video", "signal")
 
 
 @dataclass(frozen=True)
-class VideoDataset:
+class Dataset:
     name: str
     synthetic: bool
     class_names: tuple[str, ...]
-    video: np.ndarray  # uint8 [N, T, H, W, 3]
     labels: np.ndarray  # int64 [N]
     split: np.ndarray  # str [N], one of SPLITS
+    video: np.ndarray | None = None  # uint8 [N, T, H, W, 3]
+    signal: np.ndarray | None = None  # float32 [N, L, C]
     actor_box: np.ndarray | None = None  # int16 [N, T, 4] (synthetic only)
+    skipped: tuple = ()  # folders.Skipped (path, reason): files left out of a real folder
+    signal_stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(name for name in INPUTS if getattr(self, name) is not None)
+
+    @property
+    def signal_channels(self) -> int | None:
+        return None if self.signal is None else int(self.signal.shape[-1])
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -42,58 +59,109 @@ class VideoDataset:
 
 @dataclass
 class Batch:
-    clips: torch.Tensor  # float [B, T, 3, H, W] in [0, 1], storage resolution
+    inputs: dict[str, torch.Tensor]  # "video": float [B, T, 3, H, W] in [0, 1]; "signal": [B, L, C]
     labels: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B], rows of the dataset
+
+    @property
+    def clips(self) -> torch.Tensor:
+        return self.inputs["video"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def synthetic_spec(data: Mapping[str, Any]) -> SyntheticSpec:
     return SyntheticSpec(**dict(data["synthetic"]))
 
 
-def prepare_dataset(data: Mapping[str, Any]) -> VideoDataset:
+def prepare_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) -> Dataset:
     """Generate/decode the dataset described by the `data` config into its cache (driver side)."""
-    return open_dataset(data)
+    return open_dataset(data, inputs)
 
 
-def open_dataset(data: Mapping[str, Any]) -> VideoDataset:
-    """Open the cached dataset of the `data` config (memory-mapped; built on first use).
+def open_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) -> Dataset:
+    """Open the cached dataset of the `data` config with the `inputs` a model reads (memory-mapped;
+    built on first use).
 
-    With `data.root` unset: the built-in synthetic data. With `data.root` a folder: a
-    BIRDS-style, UCF50 or CREMA-D tree (`data.layout`, default auto-detected; see
-    harness/data/folders.py), its clips decoded once (`data.num_frames` frames sampled by
-    `data.sampling`, resized to `data.frame_size`) into a cache under `data.cache_dir`.
-    Problems with the folder raise `DatasetError` naming the file, before any decoding.
+    With `data.root` unset: the built-in synthetic data. With `data.root` a folder: a BIRDS-style,
+    UCF50 or CREMA-D tree (`data.layout`, default auto-detected; see harness/data/folders.py), its
+    clips decoded once (`data.num_frames` frames sampled by `data.sampling`, resized to
+    `data.frame_size`) into a cache under `data.cache_dir`; its signals (BIRDS-style only) brought
+    to `data.signal_length` samples by `data.signal_policy`. Problems with the folder raise
+    `DatasetError` naming the file, before any decoding.
     """
-    if data.get("root"):
-        from harness.data.cache import open_folder_dataset
+    unknown = sorted(set(inputs) - set(INPUTS))
+    if unknown or not inputs:
+        raise ValueError(f"inputs {list(inputs)}: expected some of {list(INPUTS)}")
+    dataset = _open_folder(data, inputs) if data.get("root") else _open_synthetic(data, inputs)
+    if dataset.signal is None:
+        return dataset
+    train = dataset.signal[dataset.indices("train")]
+    std = train.std(axis=(0, 1))
+    stats = (train.mean(axis=(0, 1)), np.where(std > 0, std, 1.0))
+    return replace(dataset, signal_stats=stats)
 
-        _, cached = open_folder_dataset(
+
+def _open_synthetic(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
+    arrays = load_or_generate(synthetic_spec(data), Path(data["cache_dir"]))
+    return Dataset(
+        name=str(data["name"]),
+        synthetic=True,
+        class_names=tuple(data.get("class_names") or arrays.class_names),
+        labels=np.asarray(arrays.label),
+        split=np.asarray(arrays.split),
+        video=arrays.video if "video" in inputs else None,
+        signal=arrays.signal if "signal" in inputs else None,
+        actor_box=arrays.actor_box,
+    )
+
+
+def _open_folder(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
+    from harness.data.cache import open_folder_dataset
+    from harness.data.folders import fit_length, index_folder, read_signal
+
+    options = dict(data.get("options") or {})
+    wants_signal = "signal" in inputs
+    if wants_signal:
+        options["modality"] = "both" if "video" in inputs else "signal"
+    signal_length = int(data["signal_length"]) if wants_signal else None
+    signal_policy = str(data.get("signal_policy", "resample"))
+    layout = str(data.get("layout", "auto"))
+    options.update(
+        on_bad_file=str(data.get("on_bad_file", "error")), class_names=data.get("class_names")
+    )
+    if "video" in inputs:
+        index, cached = open_folder_dataset(
             data["root"],
-            layout=str(data.get("layout", "auto")),
+            layout=layout,
             num_frames=int(data["num_frames"]),
             size=int(data["frame_size"]),
             sampling=str(data.get("sampling", "uniform")),
             cache_root=data["cache_dir"],
-            **dict(data.get("options") or {}),
+            signal_length=signal_length,
+            signal_policy=signal_policy,
+            **options,
         )
-        return VideoDataset(
-            name=Path(data["root"]).name,
-            synthetic=False,
-            class_names=tuple(cached.class_names),
-            video=cached.video,
-            labels=np.asarray(cached.labels),
-            split=np.asarray(cached.split),
-        )
-    arrays = load_or_generate(synthetic_spec(data), Path(data["cache_dir"]))
-    return VideoDataset(
-        name=str(data["name"]),
-        synthetic=True,
-        class_names=tuple(arrays.class_names),
-        video=arrays.video,
-        labels=np.asarray(arrays.label),
-        split=np.asarray(arrays.split),
-        actor_box=arrays.actor_box,
+        class_names, video, signal = cached.class_names, cached.video, cached.signal
+        labels, split = np.asarray(cached.labels), np.asarray(cached.split)
+    else:  # signals only: small files, read as they are (no decode cache needed)
+        index = index_folder(data["root"], layout, **options)
+        class_names, video = index.class_names, None
+        signal = np.stack(
+            [fit_length(read_signal(s.signal_path), signal_length, signal_policy)
+             for s in index.samples]
+        )  # fmt: skip
+        labels, split = index.labels, index.splits
+    return Dataset(
+        name=Path(data["root"]).name,
+        synthetic=False,
+        class_names=tuple(class_names),
+        labels=labels,
+        split=split,
+        video=video,
+        signal=signal,
+        skipped=index.skipped,
     )
 
 
@@ -103,8 +171,20 @@ def to_clips(video: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
     return clips.permute(0, 1, 4, 2, 3).float().div_(255.0)
 
 
+def to_signals(
+    signal: np.ndarray,
+    stats: tuple[np.ndarray, np.ndarray] | None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """float [B, L, C] -> standardised per channel, (x - mean) / std, as float32 [B, L, C]."""
+    x = np.asarray(signal, dtype=np.float32)
+    if stats is not None:
+        x = (x - stats[0].astype(np.float32)) / stats[1].astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
 def iterate_batches(
-    dataset: VideoDataset,
+    dataset: Dataset,
     indices: np.ndarray,
     batch_size: int,
     *,
@@ -118,8 +198,13 @@ def iterate_batches(
         order = indices[torch.randperm(len(indices), generator=generator).numpy()]
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start : start + batch_size])
+        inputs = {}
+        if dataset.video is not None:
+            inputs["video"] = to_clips(dataset.video[rows], device)
+        if dataset.signal is not None:
+            inputs["signal"] = to_signals(dataset.signal[rows], dataset.signal_stats, device)
         yield Batch(
-            clips=to_clips(dataset.video[rows], device),
+            inputs=inputs,
             labels=torch.from_numpy(dataset.labels[rows].astype(np.int64)).to(device),
             index=torch.from_numpy(rows.astype(np.int64)).to(device),
         )

@@ -16,12 +16,13 @@ and returns the folder; :func:`load_video_cache` opens it (arrays memory-mapped,
 
 ``key`` = the first 16 hex digits of a SHA-256 over: the cache format version, every sample's
 (clip id, label, split, group, absolute path, size, mtime) and its signal's, the class names,
-``num_frames``, ``size``, ``sampling``, the decoder choice, the signal settings, ``on_error``
-and ``key_extra`` (anything JSON-able the caller wants in the key, e.g. the layout options).  A
-changed, added or removed file or setting therefore gives a new folder; an existing complete
-folder is used as it is (no decoding).  Writing goes to a temporary folder next to the final one
-that is renamed into place, so readers never see a partial cache; if another process renamed
-its copy first, that copy is used.  Clips are decoded by ``workers`` threads (decord, PyAV and
+``num_frames``, ``size``, ``sampling``, the decoder choice, the signal settings, ``on_bad_file``
+and ``key_extra`` (anything JSON-able the caller wants in the key, e.g. the layout options;
+mappings and sequences compare by content, whatever their type).  A changed, added or removed
+file or setting therefore gives a new folder; an existing complete folder is used as it is (no
+decoding).  Writing goes to a temporary folder next to the final one that is renamed into
+place, so readers never see a partial cache; if another process renamed its copy first, that
+copy is used.  Clips are decoded by ``workers`` threads (decord, PyAV and
 torch release the GIL), each writing its own row of the memory-mapped output.
 """
 
@@ -35,7 +36,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,8 +45,10 @@ import numpy as np
 from harness.data.atomic import atomic_folder
 from harness.data.folders import (
     SPLITS,
+    DatasetError,
     DatasetIndex,
     Sample,
+    Skipped,
     fit_length,
     index_folder,
     read_signal,
@@ -141,7 +144,7 @@ def cache_key(
     backend: str = "auto",
     signal_length: int | None = None,
     signal_policy: str = "resample",
-    on_error: str = "error",
+    on_bad_file: str = "error",
 ) -> str:
     """The 16-hex-digit key of a cache (see the module docstring for what goes in)."""
     rows, classes, _ = _samples_and_classes(samples, class_names)
@@ -155,7 +158,7 @@ def cache_key(
         backend=backend,
         signal_length=signal_length,
         signal_policy=signal_policy,
-        on_error=on_error,
+        on_bad_file=on_bad_file,
     )
 
 
@@ -170,7 +173,7 @@ def _key(
     backend: str,
     signal_length: int | None,
     signal_policy: str,
-    on_error: str,
+    on_bad_file: str,
 ) -> str:
     material = {
         "version": CACHE_VERSION,
@@ -184,11 +187,21 @@ def _key(
         "sampling": sampling,
         "backend": backend,
         "signal": None if signal_length is None else [int(signal_length), signal_policy],
-        "on_error": on_error,
-        "key_extra": key_extra,
+        "on_bad_file": on_bad_file,
+        "key_extra": _plain(key_extra),
     }
     blob = json.dumps(material, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every non-string sequence a list (so that an
+    OmegaConf config and the plain dict a trial receives give the same key)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def build_video_cache(
@@ -205,7 +218,7 @@ def build_video_cache(
     backend: str = "auto",
     signal_length: int | None = None,
     signal_policy: str = "resample",
-    on_error: str = "error",
+    on_bad_file: str = "error",
     progress: Callable[[int, int, Sample], None] | None = None,
 ) -> Path:
     """Decode every sample's clip once into ``<cache_root>/<name>-<key>/`` and return that
@@ -214,7 +227,7 @@ def build_video_cache(
     ``samples``: a :class:`DatasetIndex` (its class names and ``<layout>-<root name>`` as the
     default ``name``) or a sequence of :class:`Sample` (classes: sorted unique labels unless
     ``class_names``).  ``signal_length``: also store every sample's signal brought to that
-    length by ``signal_policy`` (see :func:`fit_length`).  ``on_error``: ``"error"`` raises a
+    length by ``signal_policy`` (see :func:`fit_length`).  ``on_bad_file``: ``"error"`` raises a
     ``ValueError`` listing every clip that failed to decode (after trying them all, unless the
     first 20 all fail); ``"skip"`` drops those clips (listed in meta.json's ``dropped``).
     ``progress(done, total, sample)`` is called as each clip is decoded (``done`` counts up to
@@ -225,8 +238,8 @@ def build_video_cache(
         raise ValueError(f"size must be an integer >= 1, got {size!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if on_error not in ("error", "skip"):
-        raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
+    if on_bad_file not in ("error", "skip"):
+        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if signal_length is not None:
@@ -247,7 +260,7 @@ def build_video_cache(
         backend=backend,
         signal_length=signal_length,
         signal_policy=signal_policy,
-        on_error=on_error,
+        on_bad_file=on_bad_file,
     )
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", name or default_name).strip("._") or "video"
     cache_root = Path(cache_root).expanduser()
@@ -268,9 +281,9 @@ def build_video_cache(
             workers=workers,
             signal_length=signal_length,
             signal_policy=signal_policy,
-            on_error=on_error,
+            on_bad_file=on_bad_file,
             progress=progress,
-            header={"key": key, "name": label, "key_extra": key_extra},
+            header={"key": key, "name": label, "key_extra": _plain(key_extra)},
         )
     return folder
 
@@ -287,7 +300,7 @@ def _write(
     workers: int,
     signal_length: int | None,
     signal_policy: str,
-    on_error: str,
+    on_bad_file: str,
     progress: Callable[[int, int, Sample], None] | None,
     header: Mapping[str, Any],
 ) -> None:
@@ -335,14 +348,14 @@ def _write(
     video.flush()
     del work, video  # close the memory map before the file is compacted or renamed
 
-    if failures and (on_error == "error" or not reads):
+    if failures and (on_bad_file == "error" or not reads):
         listed = [f"  - {msg}" for _, msg in sorted(failures.items())[:25]]
         if len(failures) > 25:
             listed.append(f"  ... and {len(failures) - 25} more")
         aborted = ""
         if len(failures) + len(reads) < n:
             aborted = f" (stopped after the first {len(failures)} clips all failed)"
-        hint = "" if on_error == "skip" else "; on_error='skip' drops such clips"
+        hint = "" if on_bad_file == "skip" else "; on_bad_file='skip' skips and lists them"
         raise ValueError(
             f"{len(failures)} of {n} clips could not be decoded{aborted}{hint}:\n"
             + "\n".join(listed)
@@ -456,19 +469,24 @@ def open_folder_dataset(
     cache_root: str | os.PathLike,
     sampling: str = "uniform",
     layout: str = "auto",
+    on_bad_file: str = "error",
     workers: int = 2,
     backend: str = "auto",
-    on_error: str = "error",
     signal_length: int | None = None,
     signal_policy: str = "resample",
     progress: Callable[[int, int, Sample], None] | None = None,
     **layout_options: Any,
 ) -> tuple[DatasetIndex, CachedVideo]:
     """Index ``root`` (:func:`~harness.data.folders.index_folder` with ``layout`` and
-    ``layout_options``, e.g. ``modality``, ``class_names``, ``test_groups``, ``test_actors``,
-    ``on_bad_file``), build its cache if needed and open it.  The layout and its options are
-    part of the cache key."""
-    index = index_folder(root, layout, **layout_options)
+    ``layout_options``, e.g. ``modality``, ``class_names``, ``test_groups``, ``test_actors``),
+    build its cache if needed and open it.  The layout and its options are part of the cache
+    key.
+
+    ``on_bad_file`` is the policy for the indexer's bad files AND for clips that fail to
+    decode.  The returned index describes the cache: its samples are the cached clips
+    (in the cache's row order) and its ``skipped`` lists every file left out, the clips that did
+    not decode included (reason ``"cannot decode: ..."``)."""
+    index = index_folder(root, layout, on_bad_file=on_bad_file, **layout_options)
     extra = {"layout": index.layout, "options": layout_options}
     folder = build_video_cache(
         index,
@@ -479,9 +497,32 @@ def open_folder_dataset(
         extra,
         workers=workers,
         backend=backend,
-        on_error=on_error,
+        on_bad_file=on_bad_file,
         signal_length=signal_length,
         signal_policy=signal_policy,
         progress=progress,
     )
-    return index, load_video_cache(folder)
+    cached = load_video_cache(folder)
+    dropped = {d["clip_id"]: d for d in cached.meta["dropped"]}
+    empty = [name for name in SPLITS if not (cached.split == name).any()]
+    if empty:
+        raise DatasetError(
+            f"{index.root}: split(s) {', '.join(empty)} have no samples left after "
+            f"{len(dropped)} clip(s) failed to decode (listed in {folder / 'meta.json'})"
+        )
+    if dropped:
+        kept = tuple(s for s in index.samples if s.clip_id not in dropped)
+        lost = tuple(
+            Skipped(Path(d["path"]), f"cannot decode: {_why(d)}") for d in dropped.values()
+        )
+        index = replace(
+            index,
+            samples=kept,
+            skipped=tuple(sorted(index.skipped + lost, key=lambda s: str(s.path))),
+        )
+    return index, cached
+
+
+def _why(dropped: Mapping[str, str]) -> str:
+    """The decoder's reason without the 'cannot decode video <path>: ' prefix."""
+    return dropped["reason"].split(f"{dropped['path']}: ", 1)[-1]

@@ -37,22 +37,23 @@ other folders are ignored); by default every class folder is used.
 
 ``ActorID`` 4 digits, ``Sentence`` 3 capitals, ``Emotion`` one of ANG DIS FEA HAP NEU SAD,
 ``Level`` one of LO MD HI XX; ext flv, mp4, avi, mkv, mov or webm.  The class is the emotion
-(``emotions`` selects a subset; files of other emotions are ignored).  Splits are by ACTOR:
-``test_actors`` / ``val_actors`` lists, or else deterministic fractions (``test_fraction`` 0.2,
-``val_fraction`` 0.1) of the sorted actor ids, spread evenly over the sorted order (no seed): the
-test actors are the ones at positions ``floor((j + 0.5) * n / n_test)``, ``n_test =
-test_fraction * n`` rounded half up (at least 1), the validation actors likewise among the
-remaining ones.
+(``class_names`` selects a subset, in label order; files of other emotions are ignored; by
+default all six).  Splits are by ACTOR: ``test_actors`` / ``val_actors`` lists, or else
+deterministic fractions (``test_fraction`` 0.2, ``val_fraction`` 0.1) of the sorted actor ids,
+spread evenly over the sorted order (no seed): the test actors are the ones at positions
+``floor((j + 0.5) * n / n_test)``, ``n_test = test_fraction * n`` rounded half up (at least 1),
+the validation actors likewise among the remaining ones.
 
 **Bad files** (``on_bad_file``): a video/signal file missing for an annotated clip, an empty
 (0-byte) file, an ambiguous clip (two files with the same stem), a file name that does not
 match the layout's pattern, an unreadable signal header, a signal whose channels differ from
 the others'.  ``"error"`` (default) raises a :class:`DatasetError` listing them all; ``"skip"``
 drops them and lists them, with the reason, in ``DatasetIndex.skipped`` (for the report).
-Files without a video (or, for BIRDS, signal) extension and hidden files are never samples:
-they are listed in ``skipped`` too but never raise.  Problems of the annotations themselves (a
-missing column, an unknown label or split, a duplicate clip id), of the configuration (an
-unknown group/actor, overlapping test/val lists) and an empty split always raise.
+Hidden files are not looked at; other files without a video (or, for BIRDS, signal) extension
+are never samples: they are listed in ``skipped`` too but never raise.  Problems of the
+annotations themselves (a missing column, an unknown label or split, a duplicate clip id), of
+the configuration (an unknown group/actor, overlapping test/val lists) and an empty split
+always raise.
 
 Signals: :func:`read_signal` (float32 ``[L, C]``) and :func:`fit_length` (the length policy).
 """
@@ -60,6 +61,7 @@ Signals: :func:`read_signal` (float32 ``[L, C]``) and :func:`fit_length` (the le
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import re
 from collections import Counter
@@ -70,6 +72,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "BAD_FILE_POLICIES",
     "CREMA_D_EMOTIONS",
     "CREMA_D_LEVELS",
     "LAYOUTS",
@@ -90,6 +93,7 @@ __all__ = [
     "index_crema_d",
     "index_folder",
     "index_ucf50",
+    "layout_options",
     "read_signal",
     "read_signal_header",
 ]
@@ -803,19 +807,21 @@ def index_crema_d(
     val_actors: Iterable[str | int] | None = None,
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
-    emotions: Sequence[str] = CREMA_D_EMOTIONS,
+    class_names: Sequence[str] | None = None,
     on_bad_file: str = "error",
 ) -> DatasetIndex:
     """Index a CREMA-D folder (layout and rules in the module docstring); ``group`` is the
     actor id."""
     bad = _BadFiles(on_bad_file)
     root = _check_root(root)
-    emotions = tuple(str(e).upper() for e in emotions)
+    emotions = CREMA_D_EMOTIONS
+    if class_names is not None:
+        emotions = tuple(str(e).upper() for e in class_names)
     unknown = [e for e in emotions if e not in CREMA_D_EMOTIONS]
-    if unknown or not emotions:
+    if unknown or not emotions or len(set(emotions)) != len(emotions):
         raise ValueError(
-            f"emotions must be a non-empty subset of {', '.join(CREMA_D_EMOTIONS)}, got "
-            f"{list(emotions)}"
+            f"class_names must be distinct CREMA-D emotions ({', '.join(CREMA_D_EMOTIONS)}), "
+            f"got {list(emotions)}"
         )
     for name, frac in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 <= frac < 1:
@@ -913,7 +919,7 @@ def index_crema_d(
         options={
             "test_actors": tuple(sorted(test_set)),
             "val_actors": tuple(sorted(val_set)),
-            "emotions": emotions,
+            "class_names": emotions,
         },
     )
 
@@ -943,12 +949,29 @@ def detect_layout(root: str | os.PathLike) -> str:
     )
 
 
+_INDEXERS = {"birds": index_birds, "ucf50": index_ucf50, "crema_d": index_crema_d}
+
+
+def layout_options(layout: str) -> tuple[str, ...]:
+    """The keyword options of ``layout``'s indexer (``class_names``, ``on_bad_file`` and its
+    split options, e.g. ``test_groups`` for UCF50)."""
+    if layout not in _INDEXERS:
+        raise ValueError(f"layout must be auto or one of {', '.join(LAYOUTS)}, got {layout!r}")
+    params = inspect.signature(_INDEXERS[layout]).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def index_folder(root: str | os.PathLike, layout: str = "auto", **options) -> DatasetIndex:
     """Index ``root`` with :func:`index_birds`, :func:`index_ucf50` or :func:`index_crema_d`
-    (``layout="auto"``: :func:`detect_layout`); ``options`` go to that function."""
+    (``layout="auto"``: :func:`detect_layout`); ``options`` go to that function (an option it
+    does not take raises a ``ValueError`` listing the ones it does)."""
     if layout == "auto":
         layout = detect_layout(root)
-    indexers = {"birds": index_birds, "ucf50": index_ucf50, "crema_d": index_crema_d}
-    if layout not in indexers:
-        raise ValueError(f"layout must be auto or one of {', '.join(LAYOUTS)}, got {layout!r}")
-    return indexers[layout](root, **options)
+    known = layout_options(layout)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for the {layout} layout; "
+            f"its options: {', '.join(known)}"
+        )
+    return _INDEXERS[layout](root, **options)

@@ -6,7 +6,8 @@ least relevant first (LeRF); report both curves, their areas and the gap, plus t
 (30% of the spatial patches and 2 frames). Occlusion is applied to the full-resolution clip and the
 method's whole prediction pipeline runs on it (for ET: explain, crop, classify), so the curve at 0%
 is the method's test accuracy. Relevance comes from the unoccluded clip, explaining the predicted
-class.
+class. Signals are occluded per time token the same way (no seed protocol: it is a video
+protocol); the hybrid has both inputs occluded, each by its own branch's relevance, at each level.
 
 Any explainer can be put to the test on a trained method (`evaluate_occlusion(...,
 explainer="tibav")`): its maps are computed on the method's view of the clip, while the predictions
@@ -22,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from harness.data import VideoDataset, iterate_batches, open_dataset
+from harness.data import Dataset, iterate_batches, open_dataset
 from harness.evaluate.occlusion import OcclusionCurve, occlusion_curve, seed_protocol_accuracy
-from harness.explain.video import explain_video
 from harness.methods import TrainingMethod, build_method
-from harness.methods.base import explainer_kwargs as config_explainer_kwargs
-from harness.models import TimeSformerClassifier, build_model
+from harness.methods.modality import modalities_of
+from harness.models import build_model, model_inputs
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,17 @@ class Accuracy:
 @dataclass(frozen=True)
 class OcclusionResult:
     curve: OcclusionCurve
-    seed_morf_accuracy: float
-    seed_lerf_accuracy: float
-    # With `keep_relevance=True`: the maps used [N, T, h, w] (on the CPU) and their dataset rows [N]
-    relevance: torch.Tensor | None = None
+    seed_morf_accuracy: float | None  # the seed protocol (video inputs only)
+    seed_lerf_accuracy: float | None
+    # With `keep_relevance=True`: the maps used per input, e.g. video [N, T, h, w] (on the CPU),
+    # and their dataset rows [N]
+    relevance: dict[str, torch.Tensor] | None = None
     rows: np.ndarray | None = None
 
     def as_metrics(self, prefix: str = "occ") -> dict[str, float]:
         metrics = self.curve.as_metrics(prefix)
+        if self.seed_morf_accuracy is None:
+            return metrics
         metrics[f"{prefix}_seed_morf_acc"] = self.seed_morf_accuracy
         metrics[f"{prefix}_seed_lerf_acc"] = self.seed_lerf_accuracy
         metrics[f"{prefix}_seed_gap"] = self.seed_lerf_accuracy - self.seed_morf_accuracy
@@ -56,9 +60,9 @@ class OcclusionResult:
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: TimeSformerClassifier,
+    model: nn.Module,
     method: TrainingMethod,
-    dataset: VideoDataset,
+    dataset: Dataset,
     indices: np.ndarray,
     batch_size: int,
     device: torch.device | str = "cpu",
@@ -67,109 +71,102 @@ def evaluate_accuracy(
     loss_sum, correct = 0.0, 0
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
         with torch.enable_grad():  # ET's gradient explainers need it; no parameter is updated
-            logits = method.predict(model, batch.clips).detach()
+            logits = method.predict(model, batch.inputs).detach()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(1) == batch.labels).sum().item()
     n = max(len(indices), 1)
     return Accuracy(loss=loss_sum / n, accuracy=correct / n)
 
 
-def explain_clips(
-    model: TimeSformerClassifier,
-    method: TrainingMethod,
-    clips: torch.Tensor,
-    explainer: str | None = None,
-    explainer_kwargs: Mapping[str, Any] | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Relevance [B, T, h, w] of the predicted class of whole clips.
-
-    `explainer=None`: the method's own (`method.explain`). Otherwise explainer `explainer` on the
-    method's view of the clips, with `explainer_kwargs` (default: the explainer's parameters found
-    in the method's config, e.g. ET's k and heads for rollout_fem and fem, else the explainer's
-    defaults); `generator` seeds `random`.
-    """
-    if explainer is None:
-        return method.explain(model, clips)
-    if explainer_kwargs is None:
-        explainer_kwargs = config_explainer_kwargs(explainer, method.cfg)
-    explanation = explain_video(
-        model, method.view(clips), explainer, generator=generator, **dict(explainer_kwargs)
-    )
-    return explanation.relevance.to(clips.device)
-
-
 def evaluate_occlusion(
-    model: TimeSformerClassifier,
+    model: nn.Module,
     method: TrainingMethod,
-    dataset: VideoDataset,
+    dataset: Dataset,
     indices: np.ndarray,
     cfg: Mapping[str, Any],
     batch_size: int,
     device: torch.device | str = "cpu",
     explainer: str | None = None,
-    explainer_kwargs: Mapping[str, Any] | None = None,
+    explainer_params: Mapping[str, Any] | None = None,
     *,
     seed: int = 0,
     keep_relevance: bool = False,
 ) -> OcclusionResult:
-    """Occlusion curves and the seed protocol on `indices`.
+    """Occlusion curves (and, for video, the seed protocol) on `indices`.
 
-    Relevance from `explainer` (default: the method's own, `method.explainer`) with
-    `explainer_kwargs` (see `explain_clips`); `random` relevance is drawn from a generator seeded
-    with `seed`, so it is deterministic. Predictions: the method's whole pipeline
-    (`method.predict`). `keep_relevance`: return the maps and their rows too (for trends and
-    galleries).
+    Relevance of the predicted class on the whole inputs from `explainer` (default: the method's
+    own, `method.explainer`) with `explainer_params` (see `TrainingMethod.explain`); `random`
+    relevance is drawn from a generator seeded with `seed`, so it is deterministic. Predictions:
+    the method's whole pipeline (`method.predict`). Each input loses the same share of its tokens
+    (see harness/evaluate/occlusion.py). `keep_relevance`: return the maps and their rows too (for
+    trends and galleries).
     """
     model.eval()
-    _, h, w = model.grid
     levels: Sequence[float] = [float(x) for x in cfg["occlusion_levels"]]
     value = str(cfg["occlusion_value"])
     seed_cfg = cfg["seed_protocol"]
     generator = torch.Generator().manual_seed(int(seed)) if explainer == "random" else None
 
-    def predict_proba(clips: torch.Tensor) -> torch.Tensor:
+    def predict_proba(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.enable_grad():
-            return method.predict(model, clips).detach().softmax(-1)
+            return method.predict(model, inputs).detach().softmax(-1)
 
     curves, seed_morf, seed_lerf = [], 0.0, 0.0
-    kept, rows = [], []
+    kept: dict[str, list[torch.Tensor]] = {}
+    rows = []
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
-        maps = explain_clips(model, method, batch.clips, explainer, explainer_kwargs, generator)
-        relevance = maps.flatten(2)  # [B, T, P]
-        curves.append(
-            occlusion_curve(
-                predict_proba, batch.clips, batch.labels, relevance, (h, w), levels, value
-            )
-        )
-        morf, lerf = seed_protocol_accuracy(
-            predict_proba, batch.clips, batch.labels, relevance, (h, w),
-            float(seed_cfg["spatial_fraction"]), int(seed_cfg["frames"]), value,
+        maps = method.explain(
+            model, batch.inputs, explainer=explainer, explainer_params=explainer_params,
+            generator=generator,
         )  # fmt: skip
-        seed_morf += morf * len(batch.labels)
-        seed_lerf += lerf * len(batch.labels)
+
+        def occlude(masks, inputs=batch.inputs):
+            return {
+                m: method.modalities[m].occlude(x, masks[m], value) if m in masks else x
+                for m, x in inputs.items()
+            }
+
+        curves.append(
+            occlusion_curve(predict_proba, batch.inputs, batch.labels, maps, occlude, levels)
+        )
+        if "video" in maps:
+            morf, lerf = seed_protocol_accuracy(
+                predict_proba, batch.labels, maps["video"].flatten(2),
+                lambda mask, occlude=occlude: occlude({"video": mask}),
+                float(seed_cfg["spatial_fraction"]), int(seed_cfg["frames"]),
+            )  # fmt: skip
+            seed_morf += morf * len(batch)
+            seed_lerf += lerf * len(batch)
         if keep_relevance:
-            kept.append(maps.detach().cpu())
+            for m, r in maps.items():
+                kept.setdefault(m, []).append(r.detach().cpu())
             rows.append(batch.index.cpu().numpy())
     n = max(len(indices), 1)
+    video = "video" in method.modalities
     return OcclusionResult(
         OcclusionCurve.merge(curves),
-        seed_morf / n,
-        seed_lerf / n,
-        relevance=torch.cat(kept) if kept else None,
+        seed_morf / n if video else None,
+        seed_lerf / n if video else None,
+        relevance={m: torch.cat(r) for m, r in kept.items()} if keep_relevance else None,
         rows=np.concatenate(rows) if rows else None,
     )
 
 
-def trained_method(config: Mapping[str, Any], model: TimeSformerClassifier) -> TrainingMethod:
+def method_for(config: Mapping[str, Any], model: nn.Module) -> TrainingMethod:
+    """The training method of a trial config, for `model`."""
+    return build_method(
+        config["method"], modalities=modalities_of(model), epochs=int(config["train"]["epochs"]),
+        evaluation_explainer=str(config["evaluation"]["explainer"]),
+        branch_weight=float(config["train"].get("branch_weight", 1.0)),
+    )  # fmt: skip
+
+
+def trained_method(config: Mapping[str, Any], model: nn.Module) -> TrainingMethod:
     """The trial's method built as `harness.train` builds it, in its state at the end of training:
     ET past its warm-up predicts through its explain-and-restrict pipeline (as it did for the
     trial's test accuracy); its cached training explanations are not needed for that."""
     epochs = int(config["train"]["epochs"])
-    method = build_method(
-        config["method"], input_size=model.image_size, epochs=epochs,
-        evaluation_explainer=str(config["evaluation"]["explainer"]),
-    )  # fmt: skip
+    method = method_for(config, model)
     warmup = getattr(method, "warmup_epochs", None)
     if warmup is not None:  # ET: `start_epoch` of the last epoch set this
         method.active = epochs - 1 >= warmup
@@ -178,8 +175,8 @@ def trained_method(config: Mapping[str, Any], model: TimeSformerClassifier) -> T
 
 @dataclass
 class TrainedModel:
-    dataset: VideoDataset
-    model: TimeSformerClassifier
+    dataset: Dataset
+    model: nn.Module
     method: TrainingMethod
 
 
@@ -188,8 +185,8 @@ def load_trained(
 ) -> TrainedModel:
     """The dataset, the model (its state dict from `weights`, e.g. a trial's model.pt) and the
     trained method of a trial config. ValueError when the weights do not fit the config's model."""
-    dataset = open_dataset(config["data"])
-    model = build_model(config["model"], dataset.num_classes)
+    dataset = open_dataset(config["data"], model_inputs(config["model"]))
+    model = build_model(config["model"], dataset.num_classes, dataset.signal_channels)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

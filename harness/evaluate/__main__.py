@@ -253,6 +253,12 @@ def evaluate_explainers(
     except ValueError as error:  # data.root not supported, weights that do not fit the model
         raise SourceError(str(error)) from None
     dataset, model, method = trained.dataset, trained.model, trained.method
+    if "video" not in method.modalities:
+        raise SourceError(
+            f"the model reads {list(method.modalities)}: this command's trends and galleries are "
+            "of video relevance (video and hybrid models); a signal model's occlusion metrics "
+            "are in its trial's MLflow run"
+        )
     synthetic = bool(dataset.synthetic) or not config["data"].get("root")
     batch_size = int(batch_size or train_cfg["eval_batch_size"])
     indices = dataset.indices(split)
@@ -269,7 +275,7 @@ def evaluate_explainers(
     if len(gallery_rows):
         gallery = next(iterate_batches(dataset, gallery_rows, len(gallery_rows), device=device))
         with torch.enable_grad():
-            predicted = method.predict(model, gallery.clips).argmax(1).cpu()
+            predicted = method.predict(model, gallery.inputs).argmax(1).cpu()
     names = dataset.class_names
     rows, curves, tables = [], {}, {}
     for i, name in enumerate(explainers):
@@ -288,7 +294,7 @@ def evaluate_explainers(
             flush=True,
         )
         labels = torch.from_numpy(dataset.labels[result.rows].astype(np.int64))
-        maps = class_mean_maps(result.relevance, labels, dataset.num_classes)
+        maps = class_mean_maps(result.relevance["video"], labels, dataset.num_classes)
         counts = torch.bincount(labels, minlength=dataset.num_classes).tolist()
         tables[name] = trend_table(maps, names, counts, regions)
         plot_class_trends(
@@ -297,7 +303,7 @@ def evaluate_explainers(
         )  # fmt: skip
         if gallery is not None:
             position = {int(r): j for j, r in enumerate(result.rows)}
-            relevance = result.relevance[[position[int(r)] for r in gallery_rows]]
+            relevance = result.relevance["video"][[position[int(r)] for r in gallery_rows]]
             clips, truth = gallery.clips.cpu(), gallery.labels.cpu()
             (output / "galleries").mkdir(parents=True, exist_ok=True)
             save_gallery(

@@ -1,8 +1,11 @@
 """Occlusion (deletion) test of token relevance: the pure, batch-level parts.
 
-Relevance is per (frame, patch): ``[B, T, P]`` with ``P = h * w``; clips are full resolution
-``[B, T, C, H, W]``. MoRF occludes the most relevant tokens first, LeRF the least relevant first;
-a faithful explanation makes accuracy fall fast under MoRF and slowly under LeRF, so
+Relevance is per token of each input: video per (frame, patch) ``[B, T, P]`` with ``P = h * w``
+(clips full resolution ``[B, T, C, H, W]``), signal per time token ``[B, n]`` (signals
+``[B, L, C]``, token t = samples ``[t L/n, (t+1) L/n)``). A model with several inputs (the
+hybrid) has each input occluded by its own relevance at the same level. MoRF occludes the most
+relevant tokens first, LeRF the least relevant first; a faithful explanation makes accuracy fall
+fast under MoRF and slowly under LeRF, so
 ``gap = AUC_LeRF - AUC_MoRF`` is large.
 
 Tokens are ranked by ONE total order (relevance descending, then token index ascending, via a
@@ -12,14 +15,16 @@ two masks are disjoint whenever ``2k <= N`` and complementary when ``2k = N``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PredictProba = Callable[[Tensor], Tensor]  # full-res clips [B, T, C, H, W] -> probs [B, K]
+PredictProba = Callable[[Any], Tensor]  # model inputs (e.g. {"video": clips}) -> probs [B, K]
+Occlude = Callable[[Mapping[str, Tensor]], Any]  # bool token masks per input -> occluded inputs
 Fill = Callable[[Tensor, tuple[int, int]], Tensor]  # (clips, patch px) -> broadcastable fill
 
 DEFAULT_LEVELS: tuple[float, ...] = tuple(i / 10 for i in range(10))  # 0.0, 0.1, ..., 0.9
@@ -34,12 +39,13 @@ def _rank_mask(scores: Tensor, k: int, most_relevant_first: bool) -> Tensor:
 
 
 def occlusion_mask(relevance: Tensor, fraction: float, most_relevant_first: bool = True) -> Tensor:
-    """bool [B, T, P]: the ``k = round(fraction * T * P)`` top (MoRF) or bottom (LeRF) tokens."""
+    """bool, the shape of ``relevance`` [B, ...]: the ``k = round(fraction * n)`` top (MoRF) or
+    bottom (LeRF) of each sample's ``n`` tokens."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    b, t, p = relevance.shape
-    k = round(fraction * t * p)
-    return _rank_mask(relevance.reshape(b, t * p), k, most_relevant_first).view(b, t, p)
+    flat = relevance.flatten(1)
+    k = round(fraction * flat.shape[1])
+    return _rank_mask(flat, k, most_relevant_first).view(relevance.shape)
 
 
 def seed_protocol_mask(
@@ -107,6 +113,38 @@ def apply_occlusion(
     pixels = F.interpolate(mask.reshape(b * t, 1, h, w).float(), size=(H, W), mode="nearest")
     pixels = pixels.view(b, t, 1, H, W).bool()
     return torch.where(pixels, get_occlusion_fill(value)(clips, (H // h, W // w)), clips)
+
+
+def _signal_blur(signals: Tensor, token: int) -> Tensor:
+    width = 2 * (token // 2) + 1
+    blurred = F.avg_pool1d(
+        signals.transpose(1, 2), width, stride=1, padding=width // 2, count_include_pad=False
+    )
+    return blurred.transpose(1, 2)
+
+
+SIGNAL_FILLS: dict[str, Callable[[Tensor, int], Tensor]] = {
+    "zero": lambda signals, token: signals.new_zeros(()),  # the training mean (standardised)
+    "mean": lambda signals, token: signals.mean(dim=1, keepdim=True),  # per signal and channel
+    "blur": _signal_blur,  # moving average over one token's length
+}
+
+
+def apply_signal_occlusion(signals: Tensor, mask: Tensor, value: str = "zero") -> Tensor:
+    """Replace the samples of masked time tokens (``mask`` [B, n], ``L / n`` samples each) by the
+    fill ``value``: the signal counterpart of ``apply_occlusion`` (``SIGNAL_FILLS``)."""
+    b, length, _ = signals.shape
+    if mask.dim() != 2 or mask.shape[0] != b or length % mask.shape[1]:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not tile signals {tuple(signals.shape)}"
+        )
+    if value not in SIGNAL_FILLS:
+        raise ValueError(
+            f"unknown occlusion value '{value}'; expected one of: {', '.join(SIGNAL_FILLS)}"
+        )
+    token = length // mask.shape[1]
+    samples = mask.repeat_interleave(token, dim=1)[..., None]  # [B, L, 1]
+    return torch.where(samples, SIGNAL_FILLS[value](signals, token), signals)
 
 
 def _auc(levels: Sequence[float], values: Sequence[float]) -> float:
@@ -200,26 +238,27 @@ class OcclusionCurve:
         return out
 
 
-def _score(predict_proba: PredictProba, clips: Tensor, labels: Tensor) -> tuple[float, float]:
+def _score(predict_proba: PredictProba, inputs: Any, labels: Tensor) -> tuple[float, float]:
     """(number of top-1 correct, sum of target-class probability) over the batch."""
     with torch.no_grad():
-        probs = predict_proba(clips)  # [B, K]
+        probs = predict_proba(inputs)  # [B, K]
     correct = (probs.argmax(1) == labels).sum().item()
     return float(correct), probs.gather(1, labels[:, None]).sum().item()
 
 
 def occlusion_curve(
     predict_proba: PredictProba,
-    clips: Tensor,
+    inputs: Any,
     labels: Tensor,
-    relevance: Tensor,
-    grid: tuple[int, int],
+    relevance: Mapping[str, Tensor],
+    occlude: Occlude,
     levels: Sequence[float] = DEFAULT_LEVELS,
-    value: str = "zero",
 ) -> OcclusionCurve:
     """MoRF/LeRF curves of one batch: one ``predict_proba`` call per (level, direction).
 
-    A level whose token count rounds to 0 (e.g. 0.0) is the clean clip: predicted once and shared
+    ``relevance`` maps each input to its token relevance; at each level every input loses the same
+    share of its tokens (``occlusion_mask``) and ``occlude(masks)`` gives the occluded inputs.
+    A level whose token count rounds to 0 (e.g. 0.0) is the clean input: predicted once and shared
     by both directions and all such levels, so ``levels = (0.0, ...)`` costs
     ``1 + 2 * (len(levels) - 1)`` calls. Combine batches with ``OcclusionCurve.merge``.
     """
@@ -228,12 +267,13 @@ def occlusion_curve(
     lerf: list[tuple[float, float]] = []
     for level in levels:
         for most_relevant_first, scores in ((True, morf), (False, lerf)):
-            mask = occlusion_mask(relevance, level, most_relevant_first)
-            if mask.any():
-                occluded = apply_occlusion(clips, mask, grid, value)
-                scores.append(_score(predict_proba, occluded, labels))
+            masks = {
+                name: occlusion_mask(r, level, most_relevant_first) for name, r in relevance.items()
+            }
+            if any(mask.any() for mask in masks.values()):
+                scores.append(_score(predict_proba, occlude(masks), labels))
             else:
-                clean = clean if clean is not None else _score(predict_proba, clips, labels)
+                clean = clean if clean is not None else _score(predict_proba, inputs, labels)
                 scores.append(clean)
     return OcclusionCurve(
         levels=[float(x) for x in levels],
@@ -247,21 +287,20 @@ def occlusion_curve(
 
 def seed_protocol_accuracy(
     predict_proba: PredictProba,
-    clips: Tensor,
     labels: Tensor,
     relevance: Tensor,
-    grid: tuple[int, int],
+    occlude: Callable[[Tensor], Any],
     spatial_fraction: float = 0.3,
     frames: int = 2,
-    value: str = "zero",
 ) -> tuple[float, float]:
-    """(MoRF, LeRF) top-1 accuracy of this batch under ``seed_protocol_mask`` (two calls).
+    """(MoRF, LeRF) top-1 accuracy of this batch under ``seed_protocol_mask`` of the video
+    relevance [B, T, P] (two calls; ``occlude(mask)`` gives the inputs with those tokens hidden).
 
     Batch means: to combine batches, weight each by its batch size.
     """
     accuracy = []
     for most_relevant_first in (True, False):
         mask = seed_protocol_mask(relevance, spatial_fraction, frames, most_relevant_first)
-        correct, _ = _score(predict_proba, apply_occlusion(clips, mask, grid, value), labels)
+        correct, _ = _score(predict_proba, occlude(mask), labels)
         accuracy.append(correct / len(labels))
     return accuracy[0], accuracy[1]

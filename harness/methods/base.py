@@ -1,8 +1,14 @@
 """What a training method is: how a batch becomes a loss, and how the trained model predicts.
 
-Clips arrive at their storage resolution (`Batch.clips`, [B, T, 3, H, W]); `view` is what a model
-sees of a whole clip (area-downsampled to the model's input size). Vanilla and IFI train and
-predict on that view; ET restricts the clip to its salient region first.
+Inputs arrive as the dataset stores them (`Batch.inputs`: clips [B, T, 3, H, W] at storage
+resolution, standardised signals [B, L, C]); each input's adapter (harness/methods/modality.py)
+gives the model's `view` of it (a clip area-downsampled to the model's input size, a signal as it
+is). Vanilla and IFI train and predict on the views; ET restricts each input to its salient part
+first. A model with several inputs (the hybrid) is trained with the combined loss
+
+    L = CE(fused logits, y) + branch_weight * sum_m CE(branch_m logits, y)
+
+so each branch stays a classifier that can be explained on its own; with one input, L = CE.
 """
 
 from __future__ import annotations
@@ -12,11 +18,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from harness.data import Batch
-from harness.explain.video import explain_video
-from harness.methods.crop import downsample
-from harness.models.video import TimeSformerClassifier
+from harness.methods.modality import Modality, views
 
 # explainer -> the method-config keys it takes
 EXPLAINER_PARAMS: dict[str, tuple[str, ...]] = {
@@ -24,6 +29,8 @@ EXPLAINER_PARAMS: dict[str, tuple[str, ...]] = {
     "rollout_fem": ("k", "heads"),
     "fem": ("k",),
 }
+
+Inputs = Mapping[str, Tensor]  # modality -> batch of that input
 
 
 def explainer_kwargs(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,36 +47,86 @@ class TrainingMethod:
         self,
         cfg: Mapping[str, Any],
         *,
-        input_size: int,
+        modalities: Mapping[str, Modality],
         epochs: int,
         evaluation_explainer: str = "rollout_fem",
+        branch_weight: float = 1.0,
     ) -> None:
         self.cfg = dict(cfg)
-        self.input_size = input_size
+        self.modalities = dict(modalities)
         self.epochs = epochs
+        self.branch_weight = branch_weight
         # The explainer whose maps the occlusion test and the galleries use.
         self.explainer = str(self.cfg.get("explainer", evaluation_explainer))
         self.explainer_kwargs = explainer_kwargs(self.explainer, self.cfg)
 
-    def view(self, clips: torch.Tensor) -> torch.Tensor:
-        return downsample(clips, self.input_size)
+    def view(self, inputs: Inputs) -> dict[str, Tensor]:
+        """What the model sees of whole inputs."""
+        return views(self.modalities, inputs)
+
+    def forward(
+        self, model: nn.Module, inputs: Inputs, capture: bool = False
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Fused logits and each branch's output on model inputs (views or restricted inputs)."""
+        outputs = {m: model.branch(m)(x, capture=capture) for m, x in inputs.items()}
+        return model.fuse({m: out.logits for m, out in outputs.items()}), outputs
+
+    def objective(self, logits: Tensor, outputs: Mapping[str, Any], labels: Tensor) -> Tensor:
+        """The combined loss (see the module docstring)."""
+        loss = F.cross_entropy(logits, labels)
+        if len(outputs) > 1:
+            branches = sum(F.cross_entropy(out.logits, labels) for out in outputs.values())
+            loss = loss + self.branch_weight * branches
+        return loss
 
     def start_epoch(
-        self, model: TimeSformerClassifier, epoch: int, train_batches: Callable[[], Iterable[Batch]]
+        self, model: nn.Module, epoch: int, train_batches: Callable[[], Iterable[Batch]]
     ) -> None:
         """Hook run before each training epoch (ET refreshes its explanations here)."""
 
-    def loss(self, model: TimeSformerClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(self.view(batch.clips)).logits
-        return F.cross_entropy(logits, batch.labels), logits
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this method besides the model (ET: its explanations)."""
+        return {}
 
-    def predict(self, model: TimeSformerClassifier, clips: torch.Tensor) -> torch.Tensor:
-        return model(self.view(clips)).logits
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what `state_dict` returned."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits, outputs = self.forward(model, self.view(batch.inputs))
+        return self.objective(logits, outputs, batch.labels), logits
+
+    def predict(self, model: nn.Module, inputs: Inputs) -> Tensor:
+        return self.forward(model, self.view(inputs))[0]
 
     def explain(
-        self, model: TimeSformerClassifier, clips: torch.Tensor, target: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """This method's explanation of whole clips: relevance [B, T, h, w]."""
-        return explain_video(
-            model, self.view(clips), self.explainer, target=target, **self.explainer_kwargs
-        ).relevance
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        target: Tensor | None = None,
+        *,
+        explainer: str | None = None,
+        explainer_params: Mapping[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Relevance of whole inputs per modality (video [B, T, h, w], signal [B, n]).
+
+        Each branch is explained on its view, for class `target` (default: the model's predicted
+        class, fused over the branches). `explainer` (default: this method's own) with
+        `explainer_params` (default: that explainer's keys in the method config); `generator`
+        seeds `random`.
+        """
+        name = explainer or self.explainer
+        if explainer_params is None:
+            explainer_params = (
+                self.explainer_kwargs if explainer is None else explainer_kwargs(name, self.cfg)
+            )
+        if target is None and len(inputs) > 1:
+            with torch.no_grad():
+                target = self.forward(model, self.view(inputs))[0].argmax(1)
+        return {
+            m: self.modalities[m].explain(
+                model.branch(m), self.modalities[m].view(x), name,
+                target=target, generator=generator, **dict(explainer_params),
+            ).to(x.device)
+            for m, x in inputs.items()
+        }  # fmt: skip

@@ -4,7 +4,8 @@ Mallick, Benois-Pineau, Zemmari, "IFI: Interpreting for Improving", MMM 2024. Th
 not at hand; its abstract says the attention-gradient interpretability method "highlights important
 attention weights along the training iterations", guiding the parameters "in a more optimal
 direction". Our reading, per training iteration and for every attention map A (each TimeSformer
-block's temporal and spatial attention, [.., H, n, n]):
+block's temporal and spatial attention, [.., H, n, n]; each Linformer block's attention over the
+projected keys P, [B, H, N, k], see harness/methods/modality.py):
 
     G   = d y_c / d A                      gradient of the true class's logit (class-specific)
     R   = E_h((A * G)^+)                   the relevance of each attention weight (as in TIBAV)
@@ -14,17 +15,18 @@ block's temporal and spatial attention, [.., H, n, n]):
 R is detached: it is a target, recomputed every iteration as the model changes. `rows` chooses which
 attention rows are supervised: "all" (every query token) or "class" (the class token's row of the
 spatial attentions, the only rows that read into the prediction directly). Rows whose relevance is
-all zero are skipped. Prediction is plain (no explanation at test time).
+all zero are skipped. Prediction is plain (no explanation at test time). The hybrid model's
+branches are both supervised, before fusion, with y_c its fused logit (the term is averaged over
+every supervised attention map of both branches) and the combined loss in place of CE.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from harness.data import Batch
 from harness.methods.base import TrainingMethod
-from harness.models.video import TimeSformerClassifier
 
 _EPS = 1e-8
 
@@ -49,14 +51,15 @@ def relevance_alignment(
 class IFI(TrainingMethod):
     name = "ifi"
 
-    def loss(self, model: TimeSformerClassifier, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = model(self.view(batch.clips), capture=True)
-        ce = F.cross_entropy(out.logits, batch.labels)
-        score = out.logits.gather(1, batch.labels[:, None]).sum()
-        grads = out.attention.gradients(score, retain_graph=True)
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, outputs = self.forward(model, self.view(batch.inputs), capture=True)
+        score = logits.gather(1, batch.labels[:, None]).sum()
         class_rows = self.cfg.get("rows", "all") == "class"
-        pairs = list(zip(out.attention.spatial, grads.spatial))
-        if not class_rows:
-            pairs += list(zip(out.attention.temporal, grads.temporal))
+        pairs = [
+            pair
+            for m, out in outputs.items()
+            for pair in self.modalities[m].attention(out, score, class_rows)
+        ]
         alignment = torch.stack([relevance_alignment(a, g, class_rows) for a, g in pairs]).mean()
-        return ce + float(self.cfg.get("weight", 1.0)) * alignment, out.logits
+        loss = self.objective(logits, outputs, batch.labels)
+        return loss + float(self.cfg.get("weight", 1.0)) * alignment, logits

@@ -65,6 +65,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from harness.models.base import SingleInput
+
 __all__ = [
     "Block",
     "ConvPatchEmbedding",
@@ -264,9 +266,11 @@ class ConvPatchEmbedding(nn.Module):
         return self.proj(self.pool(features).transpose(1, 2))  # [B, L / p, D]
 
 
-class SignalTransformer(nn.Module):
+class SignalTransformer(SingleInput, nn.Module):
     """Linformer classifier of signals [B, L, C]; ``forward(x, capture=True)`` also returns every
     layer's attention (P, F, M) and the tokens entering the last block, all in the forward graph."""
+
+    modalities = ("signal",)
 
     def __init__(
         self,

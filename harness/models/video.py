@@ -22,6 +22,8 @@ from torch import nn
 from transformers import TimesformerConfig, TimesformerForVideoClassification
 from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
+from harness.models.base import SingleInput
+
 
 @dataclass
 class DividedAttention:
@@ -66,13 +68,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TimeSformerClassifier(nn.Module):
+class TimeSformerClassifier(SingleInput, nn.Module):
     """`TimesformerForVideoClassification` that can return its temporal and spatial attentions.
 
     Input clips are [B, T, 3, S, S] floats in [0, 1], normalised here with the ImageNet mean and
     std (as TimeSformer's image processor does); T and S must equal the config's `num_frames` and
     `image_size` (the transformers model silently mis-reshapes other frame counts).
     """
+
+    modalities = ("video",)
 
     def __init__(self, model: TimesformerForVideoClassification) -> None:
         super().__init__()

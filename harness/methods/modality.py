@@ -1,0 +1,129 @@
+"""How the training methods treat each kind of input, one adapter per modality.
+
+An adapter says, for its input: what the model sees of it (`view`), its explanation (relevance per
+token: video [B, T, h, w], signal [B, n]), how ET restricts it to that explanation (`restrict`,
+policy from the method config's `policy_key`), which attention IFI supervises (`attention`), and
+how the occlusion test hides its tokens (`occlude`). The methods loop over a model's modalities;
+nothing in them is specific to one input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from harness.explain.signal import explain_signal
+from harness.explain.video import explain_video
+from harness.methods.crop import CROP_POLICIES, downsample
+from harness.methods.window import WINDOW_POLICIES
+
+AttentionPairs = list[tuple[Tensor, Tensor]]  # (attention A, d score / dA), heads on dim -3
+
+
+class Modality(Protocol):
+    name: str
+    policy_key: str  # the method-config key naming ET's restriction policy for this input
+    policies: Mapping[str, Callable[..., Tensor]]  # ET's restriction policies, by name
+    default_policy: str
+
+    def view(self, x: Tensor) -> Tensor: ...
+    def explain(
+        self, branch: nn.Module, view: Tensor, explainer: str, target: Tensor | None = None,
+        generator: torch.Generator | None = None, **params: Any,
+    ) -> Tensor: ...  # fmt: skip
+    def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor: ...
+    def attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs: ...
+    def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor: ...
+
+
+class VideoInput:
+    """Clips [B, T, 3, H, W] at storage resolution, seen by the TimeSformer area-downsampled to its
+    `image_size`; relevance per (frame, patch) [B, T, h, w]; ET crops (harness/methods/crop.py)."""
+
+    name = "video"
+    policy_key = "crop_policy"
+    policies = CROP_POLICIES
+    default_policy = "largest_region"
+
+    def __init__(self, branch: nn.Module) -> None:
+        self.size = int(branch.image_size)
+        self.grid = tuple(branch.grid)  # (T, h, w)
+
+    def view(self, x: Tensor) -> Tensor:
+        return downsample(x, self.size)
+
+    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
+        return explain_video(
+            branch, view, explainer, target=target, generator=generator, **params
+        ).relevance
+
+    def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
+        return self.policies[policy](x, relevance, self.size, **kwargs)
+
+    def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
+        """Every block's spatial attention (only its class-token rows with `class_rows`) and,
+        unless `class_rows`, its temporal attention."""
+        grads = output.attention.gradients(score, retain_graph=True)
+        pairs = list(zip(output.attention.spatial, grads.spatial))
+        if not class_rows:
+            pairs += list(zip(output.attention.temporal, grads.temporal))
+        return pairs
+
+    def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
+        from harness.evaluate.occlusion import apply_occlusion  # evaluate imports the methods
+
+        T, h, w = self.grid
+        return apply_occlusion(x, mask.reshape(len(x), T, h * w), (h, w), value)
+
+
+class SignalInput:
+    """Standardised signals [B, L, C], seen whole by the Linformer; relevance per time token
+    [B, n]; ET weights or cuts them (harness/methods/window.py).
+
+    IFI on a Linformer supervises P = softmax(Q (E K)^T), the attention over the k projected keys
+    [B, H, N, k]: it is Linformer's only row-stochastic attention (the token mixing M = P F is a
+    signed matrix), and its class-specific relevance (P * dP)^+ is defined exactly as for any
+    attention (dP the true gradient)."""
+
+    name = "signal"
+    policy_key = "signal_policy"
+    policies = WINDOW_POLICIES
+    default_policy = "soft"
+
+    def __init__(self, branch: nn.Module) -> None:
+        self.tokens = int(branch.num_patches)
+
+    def view(self, x: Tensor) -> Tensor:
+        return x
+
+    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
+        return explain_signal(
+            branch, view, explainer, target=target, generator=generator, **params
+        ).relevance
+
+    def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
+        return self.policies[policy](x, relevance, **kwargs)
+
+    def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
+        grads = output.attention.gradients(score, retain_graph=True)
+        return list(zip(output.attention.probabilities, grads.probabilities))
+
+    def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
+        from harness.evaluate.occlusion import apply_signal_occlusion
+
+        return apply_signal_occlusion(x, mask.reshape(len(x), -1), value)
+
+
+_ADAPTERS: dict[str, type] = {"video": VideoInput, "signal": SignalInput}
+
+
+def modalities_of(model: nn.Module) -> dict[str, Modality]:
+    """One adapter per input the model reads, built from the branch that reads it."""
+    return {name: _ADAPTERS[name](model.branch(name)) for name in model.modalities}
+
+
+def views(modalities: Mapping[str, Modality], inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {name: modalities[name].view(x) for name, x in inputs.items()}

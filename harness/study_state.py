@@ -1,0 +1,69 @@
+"""What a study's output folder remembers between runs of the same command:
+`<study.output_dir>/study_state.json`.
+
+It holds the configuration the study was started with (a re-run with another one is refused), the
+MLflow target and parent run, the study's tags, each stage (one Ray Tune experiment under
+`ray/<stage>`: `search-<method>`, `final`) with its tags and whether it finished, and, once the
+report is written, the summary logged to the parent run. The file is replaced atomically, so a
+driver killed at any point leaves either the previous or the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "study_state.json"
+
+
+@dataclass
+class Stage:
+    tags: dict[str, str]
+    finished: bool = False
+
+
+@dataclass
+class StudyState:
+    folder: Path
+    tracking_uri: str
+    experiment_name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    study_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # tags the parent run
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    summary: dict[str, dict[str, Any]] | None = None  # {"params": {...}, "metrics": {...}}
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.folder / "ray"
+
+    @classmethod
+    def load(cls, folder: Path) -> StudyState | None:
+        path = Path(folder) / STATE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        stages = {name: Stage(**stage) for name, stage in data.pop("stages", {}).items()}
+        return cls(folder=Path(folder), stages=stages, **data)
+
+    def save(self) -> None:
+        data = asdict(self)
+        del data["folder"]
+        path = self.folder / STATE_FILE
+        partial = path.with_name(f".{STATE_FILE}.partial")
+        partial.write_text(json.dumps(data, indent=1))
+        os.replace(partial, path)
+
+    def begin_stage(self, name: str, tags: dict[str, str]) -> Stage:
+        stage = self.stages.setdefault(name, Stage(tags))
+        self.save()
+        return stage
+
+    def finish_stage(self, name: str) -> None:
+        self.stages[name].finished = True
+        self.save()

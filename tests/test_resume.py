@@ -1,0 +1,203 @@
+"""Resuming: a training run continued from a saved state is the run never stopped, and a whole
+study killed with SIGKILL and run again finishes with the trials and MLflow runs of one
+uninterrupted study."""
+
+import contextlib
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from harness.config import compose, resolve_paths, trial_config
+from harness.train import STATE_FILE, train_and_evaluate
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@pytest.fixture
+def et_config(tmp_path):
+    cfg = compose(
+        "birds_video",
+        ["sweep=smoke", f"data.cache_dir={tmp_path / 'cache'}", "model.hidden_size=16",
+         "model.num_layers=1", "evaluation.occlusion_levels=[0.0,0.5]", "train.epochs=3",
+         # ET from the first epoch, explanations refreshed at epochs 0 and 2: a run resumed at
+         # epoch 1 needs the cached ones
+         "methods.et.warmup_fraction=0.0", "methods.et.refresh_every=2"],
+    )  # fmt: skip
+    resolve_paths(cfg)
+    return trial_config(cfg, "et")
+
+
+def _run(config, folder, resume_from=None):
+    """Train, saving the state of every epoch to folder/<epoch>; returns the reports."""
+    reports = []
+
+    def save(state, artifacts):
+        state.save(folder / str(state.epoch))
+
+    train_and_evaluate(
+        config, lambda m, a: reports.append(m), checkpoint=save, resume_from=resume_from
+    )
+    return reports
+
+
+def _same(a, b):
+    keys = set(a) - {"epoch_seconds"}
+    assert keys == set(b) - {"epoch_seconds"}
+    for key in keys:
+        assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+def test_a_resumed_run_continues_exactly_where_it_stopped(et_config, tmp_path):
+    straight = _run(et_config, tmp_path / "straight")
+    assert [r["epoch"] for r in straight] == [1, 2, 3]
+    assert (tmp_path / "straight" / "1" / STATE_FILE).is_file()
+
+    resumed = _run(et_config, tmp_path / "resumed", resume_from=tmp_path / "straight" / "1")
+    assert [r["epoch"] for r in resumed] == [2, 3]
+    for a, b in zip(resumed, straight[1:]):
+        _same(a, b)
+
+    # restored after its last epoch (the driver died before it recorded the end): the same
+    # final report again, from the restored model
+    again = _run(et_config, tmp_path / "again", resume_from=tmp_path / "straight" / "3")
+    assert len(again) == 1
+    _same(again[0], straight[-1])
+    assert "test_accuracy" in again[0]
+
+
+EPOCHS = 3
+
+
+def _study_args(tmp_path):
+    return [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
+            f"study.output_dir={tmp_path / 'study'}", f"data.cache_dir={tmp_path / 'cache'}",
+            "ray.num_cpus=2", "study.methods=[vanilla]", f"train.epochs={EPOCHS}",
+            "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
+            "data.synthetic.test_per_class=4"]  # fmt: skip
+
+
+def _mid_trial(stage: Path) -> bool:
+    """Ray Tune's saved state of the stage holds a trial that checkpointed an epoch but did not
+    finish (so a resumed study must restart it from that checkpoint)."""
+    for path in stage.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(path.read_text())["trial_data"]
+        except ValueError:  # being written
+            return False
+        for _, metadata in trials:
+            if 1 <= json.loads(metadata)["last_result"].get("epoch", 0) < EPOCHS:
+                return True
+    return False
+
+
+def _interrupt(args, log: Path, at, sig) -> int:
+    """Run the study command until `at()` holds, then send `sig` (SIGINT: to the driver, as
+    Ctrl+C; SIGKILL: to its whole process group, Ray's processes included)."""
+    with log.open("w") as out:
+        driver = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=ENV,
+                                  start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not at():
+            assert driver.poll() is None, f"the study ended first:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        if sig == signal.SIGKILL:
+            os.killpg(driver.pid, signal.SIGKILL)
+        else:
+            driver.send_signal(sig)
+        return driver.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing of this driver stays behind
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+def _epochs(trial: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_study_interrupted_twice_ends_like_an_uninterrupted_one(tmp_path):
+    args, out = _study_args(tmp_path), tmp_path / "study"
+    search, final = out / "ray" / "search-vanilla", out / "ray" / "final"
+
+    # Ctrl+C in the middle of a search trial: Tune saves its state, the driver says how to resume
+    assert _interrupt(args, tmp_path / "1.log", lambda: _mid_trial(search), signal.SIGINT) == 130
+    assert "run the same command again to resume" in (tmp_path / "1.log").read_text()
+    # the same command resumes the search and is killed -9 in the middle of the final training
+    code = _interrupt(args, tmp_path / "2.log", lambda: _mid_trial(final), signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert "search-vanilla: resuming the interrupted stage" in (tmp_path / "2.log").read_text()
+    searched = {trial.name: _epochs(trial) for trial in search.glob("run_trial_*")}
+    # and once more, to the end
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=ENV,
+                            start_new_session=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "search-vanilla: finished in an earlier run" in result.stdout
+    assert "final: resuming the interrupted stage" in result.stdout
+
+    # the trials of an uninterrupted study: 2 searched (not re-run by the last run), 1 final
+    assert {trial.name: _epochs(trial) for trial in search.glob("run_trial_*")} == searched
+    assert len(searched) == 2
+    (row,) = csv.DictReader((out / "report" / "comparison.csv").open())
+    assert (int(row["trials"]), int(row["failed_trials"]), int(row["seeds"])) == (2, 0, 1)
+    assert len(list(csv.DictReader((out / "report" / "trials_vanilla.csv").open()))) == 2
+    study = optuna.load_study(study_name="birds_video-vanilla",
+                              storage=f"sqlite:///{out / 'optuna.db'}")  # fmt: skip
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+    # interrupted trials restarted from their last checkpoint, not from scratch: Ray's count of
+    # iterations since the restore is behind the trial's epoch
+    trials = [*search.glob("run_trial_*"), *final.glob("_retrain_*")]
+    restored = set()
+    for trial in trials:
+        results = _epochs(trial)
+        assert {r["epoch"] for r in results} == set(range(1, EPOCHS + 1))
+        assert all(r["epoch"] == r["training_iteration"] for r in results)
+        if any(r["iterations_since_restore"] < r["training_iteration"] for r in results):
+            restored.add(trial.parent.name)
+    assert restored == {"search-vanilla", "final"}
+
+    # MLflow: one run per trial, each epoch's metrics once
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("et-harness-birds_video")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        ["birds_video", *(t.name for t in trials)]
+    )
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        if run.info.run_name != "birds_video":
+            history = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+            assert "model.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_study_folder_refuses_other_settings_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    from harness.sweep import _open_state, main
+
+    out = tmp_path / "study"
+    args = ["birds_video", "sweep=smoke", f"study.output_dir={out}",
+            f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    cfg = compose(args[0], args[1:])
+    resolve_paths(cfg)
+    out.mkdir()
+    _open_state(cfg, {}).save()  # a study started with these settings
+
+    assert main([*args, "train.epochs=2", "ray.num_cpus=1"]) == 2
+    error = capsys.readouterr().err
+    assert f"study.output_dir: {out} holds a study started with other settings" in error
+    assert "(train.epochs: 1 -> 2)" in error  # where it runs (ray.*) may change
+    assert not ray.is_initialized()

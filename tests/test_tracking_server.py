@@ -1,0 +1,212 @@
+"""MLflow as a real tracking server (`mlflow server` on loopback, started by the test): stopped
+in the middle of a study and started again, it ends up with every metric every trial reported,
+once; `python -m harness.tracking sync` rebuilds the same records from the study's files."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from harness.tracking import main as tracking_main
+from harness.tracking import sync
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+EPOCHS = 3
+KEYS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "occ_gap")
+
+
+class _Server:
+    """`mlflow server` on a free loopback port with its store in `folder`; stop() and start()
+    again keep the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 300) -> None:
+        log = (self.folder / "server.log").open("a")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._process.poll() is None, (self.folder / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = _Server(folder)
+    yield server
+    server.stop()
+
+
+def _results(out: Path) -> dict[str, list[dict]]:
+    """Each trial's reports as Ray Tune wrote them to the study's folder."""
+    return {
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted((out / "ray").glob("*/*/result.json"))
+    }
+
+
+def _assert_complete(client: mlflow.MlflowClient, out: Path) -> None:
+    """The store holds one run per trial of the study, with each reported value once."""
+    experiment = client.get_experiment_by_name("et-harness-birds_video")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    results = _results(out)
+    assert len(results) == 3 and set(runs) == {"birds_video", *results}
+    for trial, reports in results.items():
+        run = runs[trial]
+        assert [r["epoch"] for r in reports] == list(range(1, EPOCHS + 1))
+        for key in KEYS:
+            history = client.get_metric_history(run.info.run_id, key)
+            expected = [(r["epoch"], r[key]) for r in reports if key in r]
+            assert sorted((m.step, m.value) for m in history) == expected, (trial, key)
+        assert run.info.status == "FINISHED"
+        assert {"model.pt", "config.yaml"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+    assert "comparison.md" in {
+        a.path for a in client.list_artifacts(runs["birds_video"].info.run_id)
+    }
+
+
+@pytest.mark.slow
+def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_path, server):
+    out = tmp_path / "study"
+    server.start()
+    client = mlflow.MlflowClient(server.uri)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
+         f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2",
+         "study.methods=[vanilla]", f"train.epochs={EPOCHS}", f"mlflow.tracking_uri={server.uri}",
+         "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
+         "data.synthetic.test_per_class=4"],
+        stdout=(tmp_path / "study.log").open("w"), stderr=subprocess.STDOUT, env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def wait_for(condition, what):
+            deadline = time.monotonic() + 600
+            while not condition():
+                assert driver.poll() is None, (tmp_path / "study.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, what
+                time.sleep(0.5)
+
+        def logged():
+            with contextlib.suppress(Exception):
+                experiment = client.get_experiment_by_name("et-harness-birds_video")
+                return bool(
+                    client.search_runs([experiment.experiment_id], "metrics.val_accuracy >= 0")
+                )
+            return False
+
+        wait_for(logged, "no metric reached the server")
+        server.stop()
+        reported = sum(map(len, _results(out).values()))
+        # trials go on while the server is down
+        wait_for(lambda: sum(map(len, _results(out).values())) >= reported + 2, "trials stalled")
+        server.start()
+        assert driver.wait(timeout=900) == 0, (tmp_path / "study.log").read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    log = (tmp_path / "study.log").read_text()
+    assert "unreachable; records wait and are sent when it is back" in log
+    assert "is back after" in log
+    _assert_complete(client, out)
+
+    # the same records, rebuilt from the study's files in another (empty) store; idempotent
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert tracking_main(["sync", str(out), "--tracking-uri", copy]) == 0
+    _assert_complete(mlflow.MlflowClient(copy), out)
+    again = sync(out, copy)
+    assert (again.runs_created, again.params, again.metrics, again.artifacts) == (0, 0, 0, 0)
+
+
+def test_sync_of_a_folder_that_is_not_a_study_says_so(tmp_path, capsys):
+    assert tracking_main(["sync", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no study_state.json" in capsys.readouterr().err
+
+
+def test_sync_sends_only_what_the_store_lacks_and_drops_runs_of_lost_trials(tmp_path):
+    from harness.study_state import StudyState
+    from harness.tracking import StageRuns, _sync_stage, _TrialRecord, start_study_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = StudyState(tmp_path, uri, "exp", config={"study": {"name": "s"}}, tags={"a": "b"})
+    state.parent_run_id = start_study_run(state)
+    state.begin_stage("search-et", {"stage": "search", "method": "et"})
+    client = mlflow.MlflowClient(uri)
+    live = StageRuns(state, "search-et")  # what the driver logged before it was killed
+    live.start(client, "lost", {"train": {"lr": 0.1}})  # a trial Tune never recorded
+    live.start(client, "kept", {"train": {"lr": 0.2}})
+    live.log(client, "kept", [{"epoch": 1, "val_accuracy": 0.5, "timestamp": 100}])
+    state.finish_stage("search-et")
+
+    kept = [
+        {"epoch": 1, "val_accuracy": 0.5, "timestamp": 100, "training_iteration": 1},
+        {"epoch": 2, "val_accuracy": 0.25, "timestamp": 200, "training_iteration": 2},
+        {"epoch": 2, "val_accuracy": 0.75, "timestamp": 300, "training_iteration": 2},  # resumed
+    ]
+    records = [
+        _TrialRecord("kept", "TERMINATED", {"train": {"lr": 0.2}}, kept, None, None),
+        _TrialRecord("oom", "ERROR", {"train": {"lr": 0.3}}, [], "MemoryError: out", None),
+    ]
+    counts = _sync_stage(client, state, "search-et", records)
+    assert (counts.runs_created, counts.metrics, counts.runs_deleted) == (1, 1, 1)
+
+    experiment = client.get_experiment_by_name("exp")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"s", "kept", "oom"}
+    history = client.get_metric_history(runs["kept"].info.run_id, "val_accuracy")
+    assert sorted((m.step, m.value, m.timestamp) for m in history) == [
+        (1, 0.5, 100_000),
+        (2, 0.75, 300_000),
+    ]
+    assert runs["kept"].info.status == "FINISHED" and runs["kept"].data.params == {
+        "train.lr": "0.2"
+    }
+    assert (
+        runs["oom"].info.status == "FAILED" and runs["oom"].data.tags["error"] == "MemoryError: out"
+    )
+    assert runs["oom"].data.tags["stage"] == "search" and runs["oom"].data.tags["a"] == "b"
+
+    again = _sync_stage(client, state, "search-et", records)
+    assert again == type(again)()  # nothing left to send
