@@ -7,7 +7,7 @@ sequence with learned E, F in R^{k x N} (k << N), so that per head
     P = softmax(Q (E K)^T / sqrt(d))    [N, k]      (rows sum to 1)
     out = P (F V)                        [N, d]
 
-This is the ET poster's signal branch. Here, as a small self-contained timm-style model:
+This is the ET poster's signal branch. Here, as a small self-contained model:
 
 * input: float signals [B, L, C] (e.g. L = 256 samples of C = 6 accelerometer/gyroscope channels),
   standardised per channel by the data pipeline (``harness.data``, training-split statistics); the
