@@ -13,6 +13,10 @@ samples ``[t p, (t+1) p)``, ``p = L / n``) to model inputs ``[B, L, C]``:
                     standardised signals)
     none            x
 
+Resampling a window changes the signal's time scale (an event's cycles per sample), unlike the
+video crop whose resize only changes the spatial scale the model reads at: where frequency is the
+class cue (the synthetic data; often real sensors too), prefer ``soft`` or ``mask``.
+
 The salient window reuses the video's region logic on a one-row grid (``salient_box`` on
 ``[1, n]``: on one row, 8-connected is run-connected), so both modalities pick regions alike.
 """
