@@ -36,62 +36,134 @@ from harness.config import (
 from harness.data import VideoDataset, prepare_dataset
 from harness.data.folders import DatasetError
 from harness.search_space import check_space, define_by_run
+from harness.train import VALIDATION_FAITHFULNESS
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
 
 
-def _init_ray(cfg: DictConfig) -> None:
+AUTO_GPU_SHARE = 0.25  # sweep.gpus_per_trial=auto: a quarter of a GPU per trial where GPUs exist
+
+
+def _init_ray(cfg: DictConfig) -> bool:
+    """Join the Ray cluster at `ray.address` (or RAY_ADDRESS; "auto": the cluster started on this
+    machine with `ray start`), or start a local Ray (`ray.num_cpus`, `ray.num_gpus`; no dashboard).
+    Returns whether a cluster was joined."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(
-            address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-            include_dashboard=False,
-        )  # fmt: skip
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(
+                address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                include_dashboard=False,
+            )  # fmt: skip
+    return bool(address)
 
 
-def _resources(cfg: DictConfig) -> tuple[dict[str, float], int]:
-    """Per-trial resources and the number of trials that fit at once."""
+def _alive_nodes() -> list[dict[str, Any]]:
     import ray
 
-    total = ray.cluster_resources()
-    gpus = cfg.sweep.gpus_per_trial
+    return [node for node in ray.nodes() if node["Alive"]]
+
+
+def _resources(
+    sweep: DictConfig, nodes: list[dict[str, float]], joined: bool
+) -> tuple[dict[str, float], int]:
+    """Per-trial resources (`sweep.cpus_per_trial`, `sweep.gpus_per_trial`) and the number of
+    trials that fit at once, counted node by node (`nodes`: each node's Ray resources; a trial's
+    resources must all be on one node). No node fitting a trial is an error on a local Ray; on a
+    joined cluster a warning (an autoscaler may still add such nodes)."""
+    gpus = sweep.gpus_per_trial
     if gpus == "auto":
-        gpus = 0.25 if total.get("GPU", 0) > 0 else 0
-    cpus = float(cfg.sweep.cpus_per_trial)
-    fit = int(total.get("CPU", 1) // cpus)
-    if gpus:
-        fit = min(fit, int(total.get("GPU", 0) / float(gpus)))
-    concurrent = int(cfg.sweep.max_concurrent or max(fit, 1))
-    return {"cpu": cpus, "gpu": float(gpus)}, concurrent
+        gpus = AUTO_GPU_SHARE if any(node.get("GPU", 0) > 0 for node in nodes) else 0
+    cpus, gpus = float(sweep.cpus_per_trial), float(gpus)
+
+    def fit(have: float, need: float) -> int:
+        return math.floor(have / need + 1e-9) if need else 1 << 30
+
+    fits = sum(min(fit(n.get("CPU", 0), cpus), fit(n.get("GPU", 0), gpus)) for n in nodes)
+    if not fits:
+        have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes)
+        message = (
+            f"sweep.cpus_per_trial={cpus:g}, sweep.gpus_per_trial={gpus:g}: no Ray node has that "
+            f"much for a trial (nodes: {have})"
+        )
+        if not joined:
+            raise ConfigError(message)
+        print(f"warning: {message}; trials wait until the cluster has such a node", flush=True)
+    concurrent = int(sweep.max_concurrent or max(fits, 1))
+    return {"cpu": cpus, "gpu": gpus}, concurrent
+
+
+def _check_shared_storage(folder: Path, nodes: list[dict[str, Any]]) -> None:
+    """Every node must see `folder`: Tune writes each trial's results and checkpoints there from
+    the trial's own node, and the driver reads them back. A marker file written here is looked
+    for by a task pinned to each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = folder / f".storage-check-{os.getpid()}-{time.time_ns()}"
+    marker.write_text("written by the study's driver\n")
+    try:
+        visible = ray.remote(num_cpus=0)(os.path.isfile)
+        seen = ray.get([
+            visible.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(str(marker))
+            for node in nodes
+        ], timeout=300)  # fmt: skip
+    finally:
+        marker.unlink()
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})"
+             for n, ok in zip(nodes, seen) if not ok]  # fmt: skip
+    if blind:
+        raise ConfigError(
+            f"study.output_dir: {folder} is not visible from Ray node(s) {', '.join(blind)}: "
+            "every node writes its trials' results and checkpoints there; put it on storage "
+            "all nodes mount at the same path (NFS, a cluster file system)"
+        )
 
 
 class _OptunaSearch(OptunaSearch):
     """Ray Tune's OptunaSearch, telling Optuna that a trial stopped early by the scheduler was
-    PRUNED (its last score reported as an intermediate value at its epoch) rather than COMPLETE
-    with that partial score: TPE then ranks it below every completed trial (pruned trials among
-    themselves by how far they got, then by score) instead of taking an early, usually lower,
-    validation accuracy as that configuration's final result."""
+    PRUNED rather than COMPLETE with its partial score: TPE then ranks it below every completed
+    trial instead of taking an early, usually lower, validation accuracy as that configuration's
+    final result. A single-objective study also records its last score as an intermediate value at
+    its epoch (pruned trials then rank among themselves by how far they got, then by score);
+    Optuna keeps no intermediate values for a multi-objective study (`metric` a list), whose
+    pruned trials are left out of the sampler's model. A trial counts as finished when it ran
+    every epoch and reported every objective (the validation occlusion gap comes at the end)."""
 
     def __init__(self, *, epochs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._epochs = epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        stopped_early = bool(result) and not error and result["epoch"] < self._epochs
-        if not stopped_early or trial_id in self._completed_trials:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        finished = bool(result) and result["epoch"] >= self._epochs
+        finished = finished and all(result.get(m) is not None for m in metrics)
+        if error or not result or finished or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         import optuna
 
         trial = self._ot_trials[trial_id]
-        trial.report(result[self.metric], step=result["epoch"])
+        if not isinstance(self.metric, list):
+            trial.report(result[self.metric], step=result["epoch"])
         self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+def _objectives(sweep: DictConfig) -> tuple[list[str], list[str]]:
+    """The search's metrics and modes: `sweep.metric`, and under `sweep.objective=pareto` the
+    validation occlusion gap of the trial's explainer (LeRF - MoRF area, higher = more faithful)
+    too. Validation, not test: the objectives select configurations."""
+    metrics, modes = [str(sweep.metric)], [str(sweep.mode)]
+    if sweep.objective == "pareto":
+        metrics.append(VALIDATION_FAITHFULNESS)
+        modes.append("max")
+    return metrics, modes
 
 
 def _trial_dirname(trial) -> str:
@@ -147,23 +219,28 @@ class _Engine:
 
     def search(self, method: str):
         """Optuna TPE over the method's space, trials run by Ray Tune (ASHA stops the weak ones
-        early when `sweep.scheduler=asha`)."""
+        early when `sweep.scheduler=asha`, on `sweep.metric`). `sweep.objective=pareto`: Optuna's
+        multi-objective TPE (MOTPE) over (`sweep.metric`, validation occlusion gap); TPE rather
+        than NSGA-II, whose first generation (50 trials by default) would be random sampling at
+        the budgets a study affords."""
         import optuna
         from ray.tune.schedulers import ASHAScheduler
 
         cfg = self.cfg
         space = OmegaConf.to_container(cfg.space[method], resolve=True)
         params = check_space(space, f"space.{method}")
+        metrics, modes = _objectives(cfg.sweep)
+        pareto = len(metrics) > 1
         searcher = _OptunaSearch(
             epochs=int(cfg.train.epochs),
             space=define_by_run(params),
-            metric=cfg.sweep.metric,
-            mode=cfg.sweep.mode,
+            metric=metrics if pareto else metrics[0],
+            mode=modes if pareto else modes[0],
             sampler=optuna.samplers.TPESampler(
                 seed=int(cfg.sweep.sampler_seed), n_startup_trials=int(cfg.sweep.startup_trials)
             ),
             storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
-            study_name=f"{cfg.study.name}-{method}",
+            study_name=f"{cfg.study.name}-{method}" + ("-pareto" if pareto else ""),
         )
         scheduler = None
         if cfg.sweep.scheduler == "asha":
@@ -214,12 +291,29 @@ def _finished(grid) -> list:
     return [r for r in grid if r.error is None and r.metrics and "test_accuracy" in r.metrics]
 
 
+def _select(cfg: DictConfig, finished: list, params, folder: Path, method: str, synthetic: bool):
+    """The trial whose configuration the final stage re-trains: the best `sweep.metric`; under
+    `sweep.objective=pareto` the knee of the Pareto front of the finished trials (written to
+    `folder` as pareto_<method>.csv|md|png, see reports/pareto.py)."""
+    from reports.pareto import pareto_table, write_pareto
+
+    metrics, modes = _objectives(cfg.sweep)
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
+    if len(metrics) == 1:
+        return max(finished, key=lambda r: signs[0] * r.metrics[metrics[0]])
+    rows = [{"trial": Path(r.path).name, **{m: r.metrics[m] for m in metrics},
+             **_searched_values(r.config, params)} for r in finished]  # fmt: skip
+    table, chosen = pareto_table(rows, metrics, signs)
+    write_pareto(table, folder, method, metrics, f"{cfg.experiment}: {method}", synthetic)
+    return finished[chosen]
+
+
 def _export_best(
-    path: Path, config: dict[str, Any], method: str, val: float, synthetic: bool
+    path: Path, config: dict[str, Any], method: str, scores: dict[str, float], synthetic: bool
 ) -> None:
+    scored = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
     header = [
-        f"# Best {method} configuration of study {config['experiment']} "
-        f"(validation accuracy {val:.4f}).",
+        f"# Best {method} configuration of study {config['experiment']} ({scored}).",
         "# Train and evaluate it with: python -m harness.train " + str(path),
     ]
     if synthetic:
@@ -243,6 +337,15 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
     started = time.perf_counter()
     out = Path(cfg.study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    joined, nodes = _init_ray(cfg), _alive_nodes()
+    resources, concurrent = _resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
+    if len(nodes) > 1:
+        _check_shared_storage(out, nodes)
+    ray_note = (
+        f"{'joined' if joined else 'local'}, {len(nodes)} node(s); per trial {resources['cpu']:g} "
+        f"CPU, {resources['gpu']:g} GPU; up to {concurrent} trials at once"
+    )
+    print(f"ray: {ray_note}", flush=True)
     dataset = dataset or prepare_dataset(cfg.data)  # once, in the driver; trials memory-map it
     print(f"data: {dataset.name} ({len(dataset.labels)} clips, {dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
@@ -251,8 +354,7 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.study.name,
         out / "study_state.json", tags,
     )  # fmt: skip
-    _init_ray(cfg)
-    engine = _Engine(cfg, parent, tags, TRAINABLES[cfg.modality], *_resources(cfg))
+    engine = _Engine(cfg, parent, tags, TRAINABLES[cfg.modality], resources, concurrent)
     summaries, best_configs = {}, {}
     for method in cfg.study.methods:
         grid, params = engine.search(method)
@@ -262,12 +364,13 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         summary = MethodSummary(method, len(grid), len(grid) - len(finished), math.nan, {})
         summary.failures = [(Path(r.path).name, _reason(r.error)) for r in grid if r.error]
         if finished:
-            best = max(finished, key=lambda r: r.metrics[cfg.sweep.metric])
+            best = _select(cfg, finished, params, out / "report", method, dataset.synthetic)
             summary.best_val_accuracy = float(best.metrics[cfg.sweep.metric])
             summary.best_params = _searched_values(best.config, params)
             best_configs[method] = best.config
-            _export_best(out / "best" / f"{method}.yaml", best.config, method,
-                         summary.best_val_accuracy, dataset.synthetic)  # fmt: skip
+            scores = {m: float(best.metrics[m]) for m in _objectives(cfg.sweep)[0]}
+            _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
+                         dataset.synthetic)  # fmt: skip
         summaries[method] = summary
     if best_configs:
         for result in _finished(engine.final(best_configs)):
@@ -283,6 +386,11 @@ def run_study(cfg: DictConfig, dataset: VideoDataset | None = None) -> Path:
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
         "final seeds": str(cfg.final.seeds),
+        "selection": f"the best {cfg.sweep.metric} of each search"
+        if cfg.sweep.objective == "accuracy"
+        else f"the knee of each search's Pareto front of ({', '.join(_objectives(cfg.sweep)[0])})"
+        " (report/pareto_<method>.md)",
+        "Ray": ray_note,
         "wall time": f"{elapsed / 60:.1f} min",
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "
         f"parent run {parent})",
@@ -341,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError) as error:
         print(f"error: data.root: {error}", file=sys.stderr)
         return 2
-    run_study(cfg, dataset)
+    try:
+        run_study(cfg, dataset)
+    except ConfigError as error:  # what only Ray can tell: resources, shared storage
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

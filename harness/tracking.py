@@ -34,11 +34,28 @@ def start_study_run(
     return run.info.run_id
 
 
+class _TrialRuns(MLflowLoggerCallback):
+    """Ray's MLflow callback, also tagging each trial's run with the Ray node it ran on
+    (`ray.node_id`, from the `node_id` its trainable reports; a retried trial keeps the last)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._nodes: dict = {}  # trial -> the node its run is tagged with
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        super().log_trial_result(iteration, trial, result)
+        node = result.get("node_id")
+        if node and self._nodes.get(trial) != node:
+            client = mlflow.MlflowClient(self.tracking_uri)
+            client.set_tag(self._trial_runs[trial], "ray.node_id", node)
+            self._nodes[trial] = node
+
+
 def trial_callback(
     tracking_uri: str, experiment_name: str, parent_run_id: str, tags: dict[str, str]
 ) -> MLflowLoggerCallback:
-    """Child runs under the study's parent run: params, per-epoch metrics, artifacts."""
-    return MLflowLoggerCallback(
+    """Child runs under the study's parent run: params, per-epoch metrics, artifacts, the node."""
+    return _TrialRuns(
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
         tags={"mlflow.parentRunId": parent_run_id, **tags},

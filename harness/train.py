@@ -31,12 +31,23 @@ from harness.methods import build_method
 from harness.models import build_model
 
 Report = Callable[[dict[str, float], Path | None], None]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VALIDATION_FAITHFULNESS = "val_occ_gap"  # with evaluation.validation_occlusion, at the last epoch
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training steps (None: fp32). `auto`: bf16 on a CUDA device that
+    supports it, else fp32 (CPU, older GPUs; ask for fp16 explicitly there)."""
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -84,6 +95,12 @@ def train_and_evaluate(
     def train_batches():
         return iterate_batches(dataset, train_idx, eval_batch_size, device=device)
 
+    # Mixed precision for the training steps only (forward and loss under autocast, fp32 weights;
+    # fp16 with loss scaling); every evaluation (validation, test, occlusion, explanations) runs
+    # in fp32, so the study's measurements do not depend on the training precision.
+    amp_dtype = autocast_dtype(str(train_cfg.get("precision", "auto")), device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
     metrics: dict[str, float] = {}
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -93,13 +110,16 @@ def train_and_evaluate(
         for batch in iterate_batches(
             dataset, train_idx, batch_size, shuffle=True, generator=generator, device=device
         ):
-            loss, logits = method.loss(model, batch)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, logits = method.loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
-            optimizer.step()
+            scaler.step(optimizer)  # skipped by fp16 loss scaling when a gradient overflowed
+            scaler.update()
             schedule.step()
             loss_sum += loss.item() * len(batch.labels)
             correct += (logits.argmax(1) == batch.labels).sum().item()
@@ -114,6 +134,12 @@ def train_and_evaluate(
         }
         last = epoch == epochs - 1
         if last:
+            if eval_cfg.get("validation_occlusion"):  # the search's faithfulness objective
+                metrics.update(
+                    evaluate_occlusion(
+                        model, method, dataset, val_idx, eval_cfg, eval_batch_size, device
+                    ).as_metrics("val_occ")
+                )
             test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
             metrics.update(test.metrics)
             if artifacts_dir is not None:
