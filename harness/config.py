@@ -30,8 +30,10 @@ from harness.methods.crop import CROP_POLICIES
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import MODEL_INPUTS
 from harness.search_space import check_space
+from harness.train import PRECISIONS
 
 TRIAL_SECTIONS = ("data", "model", "method", "train", "evaluation")
+OBJECTIVES = ("accuracy", "pareto")
 _HEADS = re.compile(r"^(all|nonempty|top[1-9][0-9]*)$")
 
 
@@ -79,6 +81,8 @@ def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
     config["method"] = OmegaConf.to_container(cfg.methods[method], resolve=True)
     if not config["train"].get("threads"):  # one torch thread per CPU Ray gives the trial
         config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
+    if cfg.sweep.objective == "pareto":  # the faithfulness objective: the validation occlusion gap
+        config["evaluation"]["validation_occlusion"] = True
     config.update(experiment=cfg.experiment, modality=cfg.modality, seed=int(cfg.seed))
     return config
 
@@ -127,14 +131,14 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
+    need(train.get("precision", "auto") in PRECISIONS, "train.precision",
+         f"one of {', '.join(PRECISIONS)}")  # fmt: skip
     need(model.get("name") in MODEL_INPUTS, "model.name", f"one of {', '.join(MODEL_INPUTS)}")
-    branches = {"video": "timesformer", "signal": "linformer"}
-    for modality in MODEL_INPUTS[model["name"]]:  # the hybrid's branches are model.video/.signal
-        where = "model" if model["name"] == branches[modality] else f"model.{modality}"
-        branch = _get(config, where)
-        (_check_video_model if modality == "video" else _check_signal_model)(
-            need, data, branch, where
-        )
+    inputs = MODEL_INPUTS[model["name"]]
+    for modality in inputs:  # the hybrid's branches are model.video and model.signal
+        where = "model" if len(inputs) == 1 else f"model.{modality}"
+        need(isinstance(model.get(modality, model), Mapping), where, "a mapping")
+        _MODEL_CHECKS[modality](need, data, _get(config, where), where)
     if method["name"] == "ifi":
         need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
         need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
@@ -217,6 +221,31 @@ def _check_signal_model(need, data: Mapping, model: Mapping, where: str) -> None
 _MODEL_CHECKS = {"video": _check_video_model, "signal": _check_signal_model}
 
 
+def _validate_resources(sweep: DictConfig) -> None:
+    """sweep.objective, and the per-trial resources Ray is asked for (Ray takes a fraction of a
+    GPU below 1, whole GPUs above)."""
+    if sweep.objective not in OBJECTIVES:
+        raise ConfigError(
+            f"sweep.objective: expected one of {', '.join(OBJECTIVES)}, got {sweep.objective!r}"
+        )
+    cpus, gpus = sweep.cpus_per_trial, sweep.gpus_per_trial
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
+        raise ConfigError(f"sweep.cpus_per_trial: expected a number > 0, got {cpus!r}")
+    if gpus != "auto" and (
+        isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0
+        or (gpus > 1 and gpus != int(gpus))
+    ):  # fmt: skip
+        raise ConfigError(
+            "sweep.gpus_per_trial: expected auto, a fraction of a GPU in [0, 1] or a whole "
+            f"number of GPUs, got {gpus!r}"
+        )
+    concurrent = sweep.max_concurrent
+    if concurrent is not None and (not isinstance(concurrent, int) or concurrent < 1):
+        raise ConfigError(
+            f"sweep.max_concurrent: expected null or an integer >= 1, got {concurrent!r}"
+        )
+
+
 def validate_study(cfg: DictConfig) -> None:
     """Check the study: its methods, each method's trial config, and every search-space bound
     (each choice and each end of each range is substituted into the trial config and checked)."""
@@ -234,6 +263,7 @@ def validate_study(cfg: DictConfig) -> None:
         )
     if cfg.sweep.scheduler not in ("none", "asha"):
         raise ConfigError(f"sweep.scheduler: expected none or asha, got {cfg.sweep.scheduler!r}")
+    _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
     if cfg.data.root and not Path(cfg.data.root).is_dir():

@@ -46,6 +46,7 @@ from harness.data.folders import DatasetError
 from harness.models import model_inputs
 from harness.search_space import check_space, define_by_run
 from harness.study_state import StudyState
+from harness.train import VALIDATION_FAITHFULNESS
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
 # A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
@@ -57,35 +58,89 @@ class StudyInterrupted(RuntimeError):
     """A stage ended before all its trials did (SIGINT): the same command resumes it."""
 
 
-def _init_ray(cfg: DictConfig) -> None:
+AUTO_GPU_SHARE = 0.25  # sweep.gpus_per_trial=auto: a quarter of a GPU per trial where GPUs exist
+
+
+def _init_ray(cfg: DictConfig) -> bool:
+    """Join the Ray cluster at `ray.address` (or RAY_ADDRESS; "auto": the cluster started on this
+    machine with `ray start`), or start a local Ray (`ray.num_cpus`, `ray.num_gpus`; no dashboard).
+    Returns whether a cluster was joined."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(
-            address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-            include_dashboard=False,
-        )  # fmt: skip
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(
+                address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                include_dashboard=False,
+            )  # fmt: skip
+    return bool(address)
 
 
-def _resources(cfg: DictConfig) -> tuple[dict[str, float], int]:
-    """Per-trial resources and the number of trials that fit at once."""
+def _alive_nodes() -> list[dict[str, Any]]:
     import ray
 
-    total = ray.cluster_resources()
-    gpus = cfg.sweep.gpus_per_trial
+    return [node for node in ray.nodes() if node["Alive"]]
+
+
+def _resources(
+    sweep: DictConfig, nodes: list[dict[str, float]], joined: bool
+) -> tuple[dict[str, float], int]:
+    """Per-trial resources (`sweep.cpus_per_trial`, `sweep.gpus_per_trial`) and the number of
+    trials that fit at once, counted node by node (`nodes`: each node's Ray resources; a trial's
+    resources must all be on one node). No node fitting a trial is an error on a local Ray; on a
+    joined cluster a warning (an autoscaler may still add such nodes)."""
+    gpus = sweep.gpus_per_trial
     if gpus == "auto":
-        gpus = 0.25 if total.get("GPU", 0) > 0 else 0
-    cpus = float(cfg.sweep.cpus_per_trial)
-    fit = int(total.get("CPU", 1) // cpus)
-    if gpus:
-        fit = min(fit, int(total.get("GPU", 0) / float(gpus)))
-    concurrent = int(cfg.sweep.max_concurrent or max(fit, 1))
-    return {"cpu": cpus, "gpu": float(gpus)}, concurrent
+        gpus = AUTO_GPU_SHARE if any(node.get("GPU", 0) > 0 for node in nodes) else 0
+    cpus, gpus = float(sweep.cpus_per_trial), float(gpus)
+
+    def fit(have: float, need: float) -> int:
+        return math.floor(have / need + 1e-9) if need else 1 << 30
+
+    fits = sum(min(fit(n.get("CPU", 0), cpus), fit(n.get("GPU", 0), gpus)) for n in nodes)
+    if not fits:
+        have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes)
+        message = (
+            f"sweep.cpus_per_trial={cpus:g}, sweep.gpus_per_trial={gpus:g}: no Ray node has that "
+            f"much for a trial (nodes: {have})"
+        )
+        if not joined:
+            raise ConfigError(message)
+        print(f"warning: {message}; trials wait until the cluster has such a node", flush=True)
+    concurrent = int(sweep.max_concurrent or max(fits, 1))
+    return {"cpu": cpus, "gpu": gpus}, concurrent
+
+
+def _check_shared_storage(folder: Path, nodes: list[dict[str, Any]]) -> None:
+    """Every node must see `folder`: Tune writes each trial's results and checkpoints there from
+    the trial's own node, and the driver reads them back. A marker file written here is looked
+    for by a task pinned to each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = folder / f".storage-check-{os.getpid()}-{time.time_ns()}"
+    marker.write_text("written by the study's driver\n")
+    try:
+        visible = ray.remote(num_cpus=0)(os.path.isfile)
+        seen = ray.get([
+            visible.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(str(marker))
+            for node in nodes
+        ], timeout=300)  # fmt: skip
+    finally:
+        marker.unlink()
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})"
+             for n, ok in zip(nodes, seen) if not ok]  # fmt: skip
+    if blind:
+        raise ConfigError(
+            f"study.output_dir: {folder} is not visible from Ray node(s) {', '.join(blind)}: "
+            "every node writes its trials' results and checkpoints there; put it on storage "
+            "all nodes mount at the same path (NFS, a cluster file system)"
+        )
 
 
 class _OptunaSearch(OptunaSearch):
@@ -99,7 +154,12 @@ class _OptunaSearch(OptunaSearch):
     sampler's random state; the study itself lives in `sweep.optuna_storage`). On a start or a
     restore, Optuna trials left RUNNING that no Tune trial holds (asked by a driver killed
     before Tune saved the trial) are told FAIL; a trial already finished in the storage (the
-    driver died after telling Optuna, before Tune saved that) is not told or reported again."""
+    driver died after telling Optuna, before Tune saved that) is not told or reported again.
+
+    Multi-objective (`metric` a list, `sweep.objective=pareto`): Optuna keeps no intermediate
+    values, so a pruned trial is only told PRUNED and left out of the sampler's model. A trial
+    counts as finished when it ran every epoch and reported every objective (the validation
+    occlusion gap comes at the end)."""
 
     def __init__(self, *, epochs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -135,15 +195,29 @@ class _OptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self._skip_if_told(trial_id)
-        stopped_early = bool(result) and not error and result["epoch"] < self._epochs
-        if not stopped_early or trial_id in self._completed_trials:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        finished = bool(result) and result["epoch"] >= self._epochs
+        finished = finished and all(result.get(m) is not None for m in metrics)
+        if error or not result or finished or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         import optuna
 
         trial = self._ot_trials[trial_id]
-        trial.report(result[self.metric], step=result["epoch"])
+        if not isinstance(self.metric, list):
+            trial.report(result[self.metric], step=result["epoch"])
         self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+def _objectives(sweep: DictConfig) -> tuple[list[str], list[str]]:
+    """The search's metrics and modes: `sweep.metric`, and under `sweep.objective=pareto` the
+    validation occlusion gap of the trial's explainer (LeRF - MoRF area, higher = more faithful)
+    too. Validation, not test: the objectives select configurations."""
+    metrics, modes = [str(sweep.metric)], [str(sweep.mode)]
+    if sweep.objective == "pareto":
+        metrics.append(VALIDATION_FAITHFULNESS)
+        modes.append("max")
+    return metrics, modes
 
 
 def _trial_dirname(trial) -> str:
@@ -160,6 +234,7 @@ class _Engine:
     trainable: Callable[[dict[str, Any]], None]
     resources: dict[str, float]
     concurrent: int
+    ray_note: str = ""  # how the study runs on Ray, for the report
 
     def fit(self, name: str, trainable, param_space: dict[str, Any], tags: dict[str, str],
             trials: int, tune_config: Callable[[], dict[str, Any]]):  # fmt: skip
@@ -213,10 +288,15 @@ class _Engine:
 
     def search(self, method: str):
         """Optuna TPE over the method's space, trials run by Ray Tune (ASHA stops the weak ones
-        early when `sweep.scheduler=asha`)."""
+        early when `sweep.scheduler=asha`, on `sweep.metric`). `sweep.objective=pareto`: Optuna's
+        multi-objective TPE (MOTPE) over (`sweep.metric`, validation occlusion gap); TPE rather
+        than NSGA-II, whose first generation (50 trials by default) would be random sampling at
+        the budgets a study affords."""
         cfg = self.cfg
         space = OmegaConf.to_container(cfg.space[method], resolve=True)
         params = check_space(space, f"space.{method}")
+        metrics, modes = _objectives(cfg.sweep)
+        pareto = len(metrics) > 1
 
         def tune_config() -> dict[str, Any]:
             import optuna
@@ -225,14 +305,14 @@ class _Engine:
             searcher = _OptunaSearch(
                 epochs=int(cfg.train.epochs),
                 space=define_by_run(params),
-                metric=cfg.sweep.metric,
-                mode=cfg.sweep.mode,
+                metric=metrics if pareto else metrics[0],
+                mode=modes if pareto else modes[0],
                 sampler=optuna.samplers.TPESampler(
                     seed=int(cfg.sweep.sampler_seed),
                     n_startup_trials=int(cfg.sweep.startup_trials),
                 ),
                 storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
-                study_name=f"{cfg.study.name}-{method}",
+                study_name=f"{cfg.study.name}-{method}" + ("-pareto" if pareto else ""),
             )
             scheduler = None
             if cfg.sweep.scheduler == "asha":
@@ -289,12 +369,29 @@ def _finished(grid) -> list:
     return [r for r in grid if r.error is None and r.metrics and "test_accuracy" in r.metrics]
 
 
+def _select(cfg: DictConfig, finished: list, params, folder: Path, method: str, synthetic: bool):
+    """The trial whose configuration the final stage re-trains: the best `sweep.metric`; under
+    `sweep.objective=pareto` the knee of the Pareto front of the finished trials (written to
+    `folder` as pareto_<method>.csv|md|png, see reports/pareto.py)."""
+    from reports.pareto import pareto_table, write_pareto
+
+    metrics, modes = _objectives(cfg.sweep)
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
+    if len(metrics) == 1:
+        return max(finished, key=lambda r: signs[0] * r.metrics[metrics[0]])
+    rows = [{"trial": Path(r.path).name, **{m: r.metrics[m] for m in metrics},
+             **_searched_values(r.config, params)} for r in finished]  # fmt: skip
+    table, chosen = pareto_table(rows, metrics, signs)
+    write_pareto(table, folder, method, metrics, f"{cfg.experiment}: {method}", synthetic)
+    return finished[chosen]
+
+
 def _export_best(
-    path: Path, config: dict[str, Any], method: str, val: float, synthetic: bool
+    path: Path, config: dict[str, Any], method: str, scores: dict[str, float], synthetic: bool
 ) -> None:
+    scored = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
     header = [
-        f"# Best {method} configuration of study {config['experiment']} "
-        f"(validation accuracy {val:.4f}).",
+        f"# Best {method} configuration of study {config['experiment']} ({scored}).",
         "# Train and evaluate it with: python -m harness.train " + str(path),
     ]
     if synthetic:
@@ -363,8 +460,16 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
                           f"({last_line(str(error))}); a study starts with its tracking store "
                           "reachable") from None  # fmt: skip
     state.save()
-    _init_ray(cfg)
-    engine = _Engine(cfg, state, TRAINABLES[cfg.modality], *_resources(cfg))
+    joined, nodes = _init_ray(cfg), _alive_nodes()
+    resources, concurrent = _resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
+    if len(nodes) > 1:
+        _check_shared_storage(out, nodes)
+    ray_note = (
+        f"{'joined' if joined else 'local'}, {len(nodes)} node(s); per trial {resources['cpu']:g} "
+        f"CPU, {resources['gpu']:g} GPU; up to {concurrent} trials at once"
+    )
+    print(f"ray: {ray_note}", flush=True)
+    engine = _Engine(cfg, state, TRAINABLES[cfg.modality], resources, concurrent, ray_note)
     outbox = Outbox.to(state.tracking_uri)
     try:
         report = _run_stages(cfg, engine, dataset, started, resumed)
@@ -398,12 +503,13 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         summary = MethodSummary(method, len(grid), len(grid) - len(finished), math.nan, {})
         summary.failures = [(Path(r.path).name, _reason(r.error)) for r in grid if r.error]
         if finished:
-            best = max(finished, key=lambda r: r.metrics[cfg.sweep.metric])
+            best = _select(cfg, finished, params, out / "report", method, dataset.synthetic)
             summary.best_val_accuracy = float(best.metrics[cfg.sweep.metric])
             summary.best_params = _searched_values(best.config, params)
             best_configs[method] = best.config
-            _export_best(out / "best" / f"{method}.yaml", best.config, method,
-                         summary.best_val_accuracy, dataset.synthetic)  # fmt: skip
+            scores = {m: float(best.metrics[m]) for m in _objectives(cfg.sweep)[0]}
+            _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
+                         dataset.synthetic)  # fmt: skip
         summaries[method] = summary
     if best_configs:
         for result in _finished(engine.final(best_configs)):
@@ -419,6 +525,11 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
         "final seeds": str(cfg.final.seeds),
+        "selection": f"the best {cfg.sweep.metric} of each search"
+        if cfg.sweep.objective == "accuracy"
+        else f"the knee of each search's Pareto front of ({', '.join(_objectives(cfg.sweep)[0])})"
+        " (report/pareto_<method>.md)",
+        "Ray": engine.ray_note,
         "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "
         f"parent run {state.parent_run_id})",

@@ -222,7 +222,7 @@ class StageRuns:
     `RESULT_TAGS` maps a key of a trial's results to a run tag, set from the first result that
     carries it (e.g. the Ray node a trial ran on)."""
 
-    RESULT_TAGS: ClassVar[dict[str, str]] = {}
+    RESULT_TAGS: ClassVar[dict[str, str]] = {"node_id": "ray.node_id"}  # the trial's Ray node
 
     def __init__(self, state: StudyState, stage: str) -> None:
         self.stage = stage

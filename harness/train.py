@@ -93,12 +93,23 @@ def _set_global_random_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VALIDATION_FAITHFULNESS = "val_occ_gap"  # with evaluation.validation_occlusion, at the last epoch
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training steps (None: fp32). `auto`: bf16 on a CUDA device that
+    supports it, else fp32 (CPU, older GPUs; ask for fp16 explicitly there)."""
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -150,9 +161,15 @@ def train_and_evaluate(
     def train_batches():
         return iterate_batches(dataset, train_idx, eval_batch_size, device=device)
 
-    state = TrainingState(
-        {"model": model, "optimizer": optimizer, "schedule": schedule, "method": method}, generator
-    )
+    # Mixed precision for the training steps only (forward and loss under autocast, fp32 weights;
+    # fp16 with loss scaling); every evaluation (validation, test, occlusion, explanations) runs
+    # in fp32, so the study's measurements do not depend on the training precision.
+    amp_dtype = autocast_dtype(str(train_cfg.get("precision", "auto")), device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "method": method}
+    if scaler.is_enabled():
+        parts["scaler"] = scaler
+    state = TrainingState(parts, generator)
     if resume_from is not None:
         state.load(resume_from, device)
     for epoch in range(state.epoch, epochs):
@@ -163,13 +180,16 @@ def train_and_evaluate(
         for batch in iterate_batches(
             dataset, train_idx, batch_size, shuffle=True, generator=generator, device=device
         ):
-            loss, logits = method.loss(model, batch)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, logits = method.loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(train_cfg["grad_clip"]))
-            optimizer.step()
+            scaler.step(optimizer)  # skipped by fp16 loss scaling when a gradient overflowed
+            scaler.update()
             schedule.step()
             loss_sum += loss.item() * len(batch)
             correct += (logits.argmax(1) == batch.labels).sum().item()
@@ -188,9 +208,17 @@ def train_and_evaluate(
                 checkpoint(state, None)
             report(state.metrics, None)
     # The last epoch's report adds the test evaluation (a run restored after its last epoch
-    # evaluates its restored model again and reports the same numbers).
+    # evaluates its restored model again and reports the same numbers) and, when the search asks
+    # for it, the validation occlusion gap (the faithfulness objective of sweep.objective=pareto).
+    metrics = dict(state.metrics)
+    if eval_cfg.get("validation_occlusion"):
+        metrics.update(
+            evaluate_occlusion(
+                model, method, dataset, val_idx, eval_cfg, eval_batch_size, device
+            ).as_metrics("val_occ")
+        )
     test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
-    metrics = {**state.metrics, **test.metrics}
+    metrics.update(test.metrics)
     if artifacts_dir is not None:
         _save_artifacts(config, model, method, dataset, test.occlusion, artifacts_dir, device)
     if checkpoint is not None:

@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
-from harness.train import TrainingState, train_and_evaluate
+from harness.train import VALIDATION_FAITHFULNESS, TrainingState, train_and_evaluate
 
 
 class _TuneTrial:
@@ -26,8 +27,9 @@ class _TuneTrial:
     folder (the artifacts folder at the last epoch), `report` hands metrics and that folder to
     Ray Tune, which copies it to storage; per-epoch folders are then deleted."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, pending: tuple[str, ...] = ()) -> None:
         self.folder = folder
+        self.pending = pending  # metrics measured at the last epoch only: None before it
         self.artifacts = folder / "artifacts"
         self._saved: Path | None = None
 
@@ -43,6 +45,10 @@ class _TuneTrial:
 
     def report(self, metrics: dict[str, float], artifacts: Path | None) -> None:
         assert self._saved is not None, "save() runs before every report"
+        # Tune checks that every result has every metric the search asks for; the node id is the
+        # trial's MLflow tag `ray.node_id`
+        metrics = {**dict.fromkeys(self.pending), **metrics}
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self._saved)))
         if artifacts is None:
             shutil.rmtree(self._saved)
@@ -50,7 +56,8 @@ class _TuneTrial:
 
 def run_trial(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="et-trial-") as folder:
-        trial = _TuneTrial(Path(folder))
+        faithfulness = config["evaluation"].get("validation_occlusion")
+        trial = _TuneTrial(Path(folder), (VALIDATION_FAITHFULNESS,) if faithfulness else ())
         train_and_evaluate(
             config, trial.report, trial.artifacts, checkpoint=trial.save,
             resume_from=trial.restored(),

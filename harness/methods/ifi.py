@@ -34,7 +34,9 @@ _EPS = 1e-8
 def relevance_alignment(
     attention: torch.Tensor, gradient: torch.Tensor, class_row_only: bool
 ) -> torch.Tensor:
-    """Mean over rows of KL(Q || E_h A), Q = row-normalised E_h((A * G)^+); heads on dim -3."""
+    """Mean over rows of KL(Q || E_h A), Q = row-normalised E_h((A * G)^+); heads on dim -3.
+    Computed in fp32 whatever the autocast precision (fp16 would flush _EPS and the log to 0)."""
+    attention, gradient = attention.float(), gradient.float()
     relevance = (attention.detach() * gradient).clamp(min=0).mean(-3)  # [..., n, n]
     predicted = attention.mean(-3)
     if class_row_only:
