@@ -334,7 +334,8 @@ class _Engine:
     def final(self, best: dict[str, dict[str, Any]]):
         """Each method's best configuration re-trained on seeds 0 .. final.seeds-1, in one Tuner
         (trials of all methods share the trial actors). Trials get {method, seed}; the configs
-        travel with the trainable."""
+        travel with the trainable. Tune starts them seed by seed in the order of `best` (give the
+        slowest method first: each wave then ends with its quickest trials, a shorter tail)."""
         from ray import tune
 
         seeds = int(self.cfg.final.seeds)
@@ -494,7 +495,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     )
 
     state, out = engine.state, engine.state.folder
-    summaries, best_configs = {}, {}
+    summaries, best_configs, seconds = {}, {}, {}
     for method in cfg.study.methods:
         grid, params = engine.search(method)
         (out / "report").mkdir(parents=True, exist_ok=True)
@@ -507,28 +508,32 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
             summary.best_val_accuracy = float(best.metrics[cfg.sweep.metric])
             summary.best_params = _searched_values(best.config, params)
             best_configs[method] = best.config
+            seconds[method] = sum(r.metrics["time_total_s"] for r in finished) / len(finished)
             scores = {m: float(best.metrics[m]) for m in _objectives(cfg.sweep)[0]}
             _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
                          dataset.synthetic)  # fmt: skip
         summaries[method] = summary
     if best_configs:
-        for result in _finished(engine.final(best_configs)):
+        slowest_first = sorted(best_configs, key=lambda m: -seconds[m])
+        for result in _finished(engine.final({m: best_configs[m] for m in slowest_first})):
             summaries[result.config["method"]].final_runs.append(
                 {**result.metrics, "seed": result.config["seed"]}
             )
     summaries = list(summaries.values())
     table = comparison_table(summaries, dataset.name, dataset.synthetic)
     elapsed = time.perf_counter() - started
+    objectives = _objectives(cfg.sweep)[0]
+    selection = f"the best {objectives[0]} of each search" if len(objectives) == 1 else (
+        f"the knee of each search's Pareto front of ({', '.join(objectives)}), "
+        "report/pareto_<method>.md"
+    )  # fmt: skip
     notes = {
         "experiment": cfg.experiment,
         "data": dataset.name + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""),
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
         "final seeds": str(cfg.final.seeds),
-        "selection": f"the best {cfg.sweep.metric} of each search"
-        if cfg.sweep.objective == "accuracy"
-        else f"the knee of each search's Pareto front of ({', '.join(_objectives(cfg.sweep)[0])})"
-        " (report/pareto_<method>.md)",
+        "selection": selection,
         "Ray": engine.ray_note,
         "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "

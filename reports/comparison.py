@@ -140,8 +140,9 @@ def write_comparison(
                   "not on BIRDS.", ""]  # fmt: skip
     lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", shown.to_markdown(index=False), ""]
     lines += [
-        "Test accuracy: the best configuration of each method (by validation accuracy) re-trained "
-        "on each seed and evaluated on the test split; p: two-sided paired t-test over seeds. "
+        "Test accuracy: the configuration each method's search selected (see selection above) "
+        "re-trained on each seed and evaluated on the test split; p: two-sided paired t-test "
+        "over seeds. "
         "Occlusion (test split, the method's own explainer): area under accuracy vs share of "
         "tokens occluded, most-relevant-first (MoRF, lower = more faithful) and "
         "least-relevant-first (LeRF); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol "

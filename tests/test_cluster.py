@@ -187,7 +187,7 @@ def test_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path
             if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
     assert sorted(r.data.tags["stage"] for r in runs) == ["final", "search", "search"]
     nodes = {r.data.tags["trial_name"]: r.data.tags["ray.node_id"] for r in runs}
-    search = {name: node for name, node in nodes.items() if name.startswith("train_video")}
+    search = {name: node for name, node in nodes.items() if name.startswith("run_trial")}
     assert len(set(search.values())) == 2  # both trials at once, one CPU per node: both nodes
     assert all(len(node) == 56 and int(node, 16) >= 0 for node in nodes.values())
     with (out / "report" / "trials_vanilla.csv").open() as f:  # Tune's own record agrees
