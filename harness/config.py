@@ -263,6 +263,10 @@ def validate_study(cfg: DictConfig) -> None:
         )
     if cfg.sweep.scheduler not in ("none", "asha"):
         raise ConfigError(f"sweep.scheduler: expected none or asha, got {cfg.sweep.scheduler!r}")
+    if not isinstance(cfg.sweep.reuse_actors, bool):
+        raise ConfigError(
+            f"sweep.reuse_actors: expected true or false, got {cfg.sweep.reuse_actors!r}"
+        )
     _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")

@@ -260,7 +260,8 @@ class _Engine:
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=self.concurrent,
                     trial_dirname_creator=_trial_dirname,
-                    reuse_actors=True,  # a trial actor imports torch + transformers once
+                    # true: a trial actor imports torch + transformers once
+                    reuse_actors=bool(self.cfg.sweep.reuse_actors),
                     **tune_config(),
                 ),
                 run_config=tune.RunConfig(
@@ -367,13 +368,19 @@ def _reason(error: BaseException) -> str:
 
 
 def _finished(grid) -> list:
-    return [r for r in grid if r.error is None and r.metrics and "test_accuracy" in r.metrics]
+    """The trials of `grid` that ran to their end, in the order the stage created them (by trial
+    id): Ray Tune promises no order for a result grid (one that just ran, or the same stage read
+    back from disk by a resumed study), and whatever picks among trials (ties included) must not
+    depend on it."""
+    done = [r for r in grid if r.error is None and r.metrics and "test_accuracy" in r.metrics]
+    return sorted(done, key=lambda r: r.metrics["trial_id"])
 
 
 def _select(cfg: DictConfig, finished: list, params, folder: Path, method: str, synthetic: bool):
-    """The trial whose configuration the final stage re-trains: the best `sweep.metric`; under
-    `sweep.objective=pareto` the knee of the Pareto front of the finished trials (written to
-    `folder` as pareto_<method>.csv|md|png, see reports/pareto.py)."""
+    """The trial whose configuration the final stage re-trains: the best `sweep.metric` (ties go
+    to the earliest trial: `finished` is in creation order); under `sweep.objective=pareto` the
+    knee of the Pareto front of the finished trials (written to `folder` as
+    pareto_<method>.csv|md|png, see reports/pareto.py). A resumed study makes the same choice."""
     from reports.pareto import pareto_table, write_pareto
 
     metrics, modes = _objectives(cfg.sweep)

@@ -9,6 +9,7 @@ and occlusion metrics. Inside a study, `trainables/` calls `train_and_evaluate` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -40,16 +41,21 @@ class TrainingState:
     batch-shuffling generator, the global random generators and the epoch's metrics.
 
     Saved with `torch.save` as tensors and plain values only, and read back with
-    `torch.load(weights_only=True)` (no pickled code runs on load)."""
+    `torch.load(weights_only=True)` (no pickled code runs on load). `run` names the run that
+    writes the state (`run_fingerprint` of its config, and its steps per epoch): a state is only
+    ever loaded into the run that wrote it. Its parts (the LR schedule's step count included)
+    and its epoch are written together in one file, so they always agree."""
 
     parts: dict[str, Any]
     generator: torch.Generator
+    run: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {
+            "run": self.run,
             "epoch": self.epoch,
             "metrics": self.metrics,
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
@@ -59,6 +65,11 @@ class TrainingState:
 
     def load(self, folder: Path, device: torch.device) -> None:
         state = torch.load(folder / STATE_FILE, map_location=device, weights_only=True)
+        if state.get("run") != self.run:
+            raise ValueError(
+                f"{folder / STATE_FILE}: a training state of another run ({state.get('run')}), "
+                f"not of this one ({self.run}); it cannot be continued here"
+            )
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
         self.generator.set_state(state["random"]["generator"].cpu())
@@ -67,6 +78,19 @@ class TrainingState:
 
 
 CheckpointHook = Callable[[TrainingState, Path | None], None]
+# where and with how many threads a run trains changes none of its steps' definitions
+_RUN_LOCATION_KEYS = {"train": ("device", "threads")}
+
+
+def run_fingerprint(config: Mapping[str, Any]) -> str:
+    """A digest of everything in a trial config that defines its training run (all of it but
+    `_RUN_LOCATION_KEYS`): equal for a run and the same run restarted, different for any other
+    configuration, seed included."""
+    plain = json.loads(json.dumps(config, sort_keys=True, default=str))
+    for section, keys in _RUN_LOCATION_KEYS.items():
+        for key in keys:
+            plain.get(section, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _global_random_state() -> dict[str, Any]:
@@ -152,7 +176,8 @@ def train_and_evaluate(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg["weight_decay"])
     )
-    steps = epochs * math.ceil(len(train_idx) / batch_size)
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=float(train_cfg["lr"]), total_steps=max(steps, 1),
         pct_start=float(train_cfg["warmup"]),
@@ -169,7 +194,8 @@ def train_and_evaluate(
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "method": method}
     if scaler.is_enabled():
         parts["scaler"] = scaler
-    state = TrainingState(parts, generator)
+    run = {"config": run_fingerprint(config), "steps_per_epoch": steps_per_epoch}
+    state = TrainingState(parts, generator, run)
     if resume_from is not None:
         state.load(resume_from, device)
     for epoch in range(state.epoch, epochs):

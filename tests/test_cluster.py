@@ -22,6 +22,7 @@ from harness.config import ConfigError, compose, resolve_paths, validate_study
 from harness.sweep import _resources
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 
 
 def _sweep(**values):
@@ -93,7 +94,7 @@ def _node_ports() -> list[str]:
     return [arg for name in names for arg in (f"--{name}-port", str(_free_port()))]
 
 
-def _started(log: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+def _started(log: Path, process: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while "Ray runtime started" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -135,7 +136,8 @@ def _stop(process: subprocess.Popen) -> None:
 def cluster(tmp_path_factory):
     """Address of a two-node Ray cluster on 127.0.0.1, 1 CPU per node."""
     folder = tmp_path_factory.mktemp("ray")
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    # the nodes' workers import the project and the test's gate driver (tests/_faults.py)
+    path = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
            "PYTHONPATH": path}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
@@ -168,29 +170,34 @@ def cluster(tmp_path_factory):
 
 @pytest.mark.slow
 def test_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
+    """Two search trials held at a barrier after their first epoch until both have arrived
+    (tests/_faults.py), one CPU per node, an actor per trial (`sweep.reuse_actors=false`): the
+    two trials are alive at once, so on both nodes, however long a trial lasts."""
     address, env = cluster
-    out = tmp_path / "study"
+    out, gate = tmp_path / "study", tmp_path / "gate"
+    gate.mkdir()
+    env = {**env, "GATE_DIR": str(gate), "GATE_EPOCH": "1", "GATE_STAGE": "search-vanilla",
+           "GATE_QUORUM": "2"}
     result = subprocess.run(
-        [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
-         f"ray.address={address}", "study.methods=[vanilla]", "sweep.num_samples=2",
-         f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}",
-         "model.hidden_size=16", "evaluation.occlusion_levels=[0.0,0.5]", "train.epochs=4",
-         "evaluation.gallery_clips=1", "data.synthetic.train_per_class=64",
-         "data.synthetic.val_per_class=4", "data.synthetic.test_per_class=4"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())", "birds_video",
+         "sweep=smoke", f"ray.address={address}", "study.methods=[vanilla]",
+         "sweep.num_samples=2", "sweep.reuse_actors=false", f"study.output_dir={out}",
+         f"data.cache_dir={tmp_path / 'cache'}", "model.hidden_size=16",
+         "evaluation.occlusion_levels=[0.0,0.5]", "evaluation.gallery_clips=1",
+         "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
+         "data.synthetic.test_per_class=4"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ray: joined, 2 node(s); per trial 1 CPU, 0 GPU; up to 2 trials at once" in result.stdout
+    assert len(list(gate.glob("arrived-*"))) == 2
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("et-harness-birds_video")
     runs = [r for r in client.search_runs([experiment.experiment_id])
             if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
     assert sorted(r.data.tags["stage"] for r in runs) == ["final", "search", "search"]
     nodes = {r.data.tags["trial_name"]: r.data.tags["ray.node_id"] for r in runs}
-    search = {name: node for name, node in nodes.items() if name.startswith("run_trial")}
-    # both trials at once, one CPU per node: both nodes. Trials last long enough (4 epochs of
-    # 256 clips) for the second node's trial actor to start: with shorter ones Tune hands the
-    # second trial to the first trial's actor (reuse_actors) before that actor is up.
+    search = {name: node for name, node in nodes.items() if name.startswith("gated_trial")}
     assert len(set(search.values())) == 2
     assert all(len(node) == 56 and int(node, 16) >= 0 for node in nodes.values())
     with (out / "report" / "trials_vanilla.csv").open() as f:  # Tune's own record agrees

@@ -106,3 +106,27 @@ def test_trials_stopped_by_asha_are_pruned_not_complete_in_optuna(tmp_path):
     for trial in pruned:  # a pruned one records how far it got and its score there
         step, value = max(trial.intermediate_values.items())  # its last epoch, its score there
         assert 1 <= step < 4 and value == pytest.approx(trial.params["lr"] * step)
+
+
+def test_the_selected_trial_does_not_depend_on_the_order_tune_lists_trials_in(tmp_path):
+    """Tied validation scores (common at smoke sizes): the earliest trial wins in any listing
+    order, so a resumed study re-trains the configuration the first run chose."""
+    from types import SimpleNamespace
+
+    from harness.config import compose
+    from harness.sweep import _finished, _select
+
+    cfg = compose("birds_video", ["sweep=smoke"])
+
+    def result(trial_id, val, batch):
+        metrics = {"trial_id": trial_id, "val_accuracy": val, "test_accuracy": 0.0}
+        return SimpleNamespace(error=None, metrics=metrics, config={"train": {"batch": batch}})
+
+    grid = [result("a_00002", 0.5, 8), result("a_00000", 0.25, 8), result("a_00001", 0.5, 16),
+            result("a_00003", 0.5, 32)]  # fmt: skip
+    failed = SimpleNamespace(error=RuntimeError("x"), metrics={}, config={})
+    picks = {
+        _select(cfg, _finished(order), [], tmp_path, "vanilla", True).metrics["trial_id"]
+        for order in (grid, grid[::-1], [failed, *grid[2:], *grid[:2]])
+    }
+    assert picks == {"a_00001"}

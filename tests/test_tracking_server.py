@@ -20,6 +20,7 @@ from harness.tracking import main as tracking_main
 from harness.tracking import sync
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+TESTS = Path(__file__).parent
 EPOCHS = 2
 KEYS = ("train_loss", "val_loss", "val_accuracy", "test_accuracy", "occ_gap")
 
@@ -108,26 +109,33 @@ def _assert_complete(client: mlflow.MlflowClient, out: Path) -> None:
 
 @pytest.mark.slow
 def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_path, server):
-    out = tmp_path / "study"
+    """The study is held at a gate (tests/_faults.py) after every search trial's first epoch
+    until the server has its first metric and has been stopped: the rest of the study then runs
+    while the server is down, however fast the machine."""
+    out, gate = tmp_path / "study", tmp_path / "gate"
+    gate.mkdir()
     server.start()
     client = mlflow.MlflowClient(server.uri)
+    env = {**ENV, "GATE_DIR": str(gate), "GATE_EPOCH": "1", "GATE_STAGE": "search-vanilla",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
-         f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2",
-         "study.methods=[vanilla]", f"train.epochs={EPOCHS}", f"mlflow.tracking_uri={server.uri}",
+        [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())", "birds_video",
+         "sweep=smoke", f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}",
+         "ray.num_cpus=2", "study.methods=[vanilla]", f"train.epochs={EPOCHS}",
+         f"mlflow.tracking_uri={server.uri}",
          "mlflow.flush_timeout_s=900",  # the end waits for the server however slow its restart
          "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
          "data.synthetic.test_per_class=4"],
-        stdout=(tmp_path / "study.log").open("w"), stderr=subprocess.STDOUT, env=ENV,
+        stdout=(tmp_path / "study.log").open("w"), stderr=subprocess.STDOUT, env=env,
         start_new_session=True,
     )  # fmt: skip
     try:
 
         def wait_for(condition, what):
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + 900  # a bound, not a synchronisation
             while not condition():
                 assert driver.poll() is None, (tmp_path / "study.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, what
+                assert time.monotonic() < deadline, f"waited 900 s for {what}"
                 time.sleep(0.5)
 
         def logged():
@@ -138,11 +146,17 @@ def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_p
                 )
             return False
 
-        wait_for(logged, "no metric reached the server")
+        wait_for(logged, "a first metric on the server")
         server.stop()
         reported = sum(map(len, _results(out).values()))
-        # trials go on while the server is down
-        wait_for(lambda: sum(map(len, _results(out).values())) >= reported + 2, "trials stalled")
+        assert reported <= 2  # the search trials wait at the gate after their first epoch
+        (gate / "open").touch()
+        # trials go on while the server is down (6 reports in all: 3 trials of 2 epochs), and the
+        # driver notices the outage
+        wait_for(lambda: sum(map(len, _results(out).values())) >= reported + 2,
+                 "two more results while the server is down (trials stalled?)")  # fmt: skip
+        wait_for(lambda: "unreachable; records wait" in (tmp_path / "study.log").read_text(),
+                 "the driver to report the server unreachable")  # fmt: skip
         server.start()
         assert driver.wait(timeout=1500) == 0, (tmp_path / "study.log").read_text()[-3000:]
     finally:
