@@ -69,12 +69,14 @@ def _init_ray(cfg: DictConfig) -> bool:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
+        # the trial workers' own log lines reach this terminal with ray.verbose only
+        quiet = {"log_to_driver": bool(cfg.ray.verbose)}
         if address:
-            ray.init(address=address)
+            ray.init(address=address, **quiet)
         else:
             ray.init(
                 address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                include_dashboard=False,
+                include_dashboard=False, **quiet,
             )  # fmt: skip
     return bool(address)
 
@@ -243,6 +245,7 @@ class _Engine:
         makes its searcher and scheduler). Raises StudyInterrupted if it ends unfinished."""
         from ray import tune
 
+        from harness.progress import Progress
         from harness.tracking import Outbox, TrialRuns, sync_call
 
         path = self.state.ray_dir / name
@@ -267,14 +270,18 @@ class _Engine:
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=str(self.state.ray_dir),
-                    callbacks=[TrialRuns(self.state.folder, name)],
+                    callbacks=[
+                        TrialRuns(self.state.folder, name),
+                        Progress(name, trials, str(self.cfg.sweep.metric),
+                                 str(self.cfg.sweep.mode), self.concurrent),  # fmt: skip
+                    ],
                     # the latest per-epoch checkpoint of each trial (the last one holds its
                     # artifacts): what a retried or resumed trial restarts from
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(
                         max_failures=int(self.cfg.sweep.max_failures)
                     ),
-                    verbose=1,
+                    verbose=2 if self.cfg.ray.verbose else 0,  # Ray Tune's own tables
                 ),
             )
         grid = tuner.fit()
@@ -589,9 +596,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--print-config", action="store_true",
                         help="print the composed config and exit")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Ray Tune's progress tables and the trials' own log lines too "
+                        "(ray.verbose=true)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        cfg = compose(args.experiment, args.overrides)
+        cfg = compose(args.experiment, [*args.overrides, *["ray.verbose=true"] * args.verbose])
         resolve_paths(cfg)
         validate_study(cfg)
     except ConfigError as error:
@@ -612,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data{'.root' if cfg.data.root else ''}: {error}", file=sys.stderr)
         return 2
     try:
-        run_study(cfg, dataset)
+        report = run_study(cfg, dataset)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -620,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({error}); run the same command again to resume the study",
               file=sys.stderr)  # fmt: skip
         return 130
+    print(f"report: {report}", flush=True)
     return 0
 
 

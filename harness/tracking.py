@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlparse
 
 # Short HTTP timeouts and few retries: the outbox does the waiting (users may override these).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -73,12 +74,28 @@ def start_study_run(state: StudyState) -> str:
     return _parent_run(MlflowClient(state.tracking_uri), state)
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts go: `mlartifacts/` beside a local store (a `sqlite:///`
+    database file or a `file:` folder), whatever folder the command was started from (MLflow's
+    own default is `./mlruns` of the working directory); None (the server decides) for a
+    tracking server."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        store = Path(unquote(parsed.path)[1:])  # sqlite:///rel.db, sqlite:////abs.db
+        return (store.resolve().parent / "mlartifacts").as_uri()
+    if parsed.scheme in ("", "file"):
+        return (Path(unquote(parsed.path)).resolve() / "mlartifacts").as_uri()
+    return None
+
+
 def _parent_run(client: MlflowClient, state: StudyState) -> str:
     """The study's parent run in the store: the recorded one, else the one tagged with the
     study's id, else a new one."""
     experiment = client.get_experiment_by_name(state.experiment_name)
     if experiment is None:
-        experiment_id = client.create_experiment(state.experiment_name)
+        experiment_id = client.create_experiment(
+            state.experiment_name, artifact_location=artifact_location(state.tracking_uri)
+        )
     else:
         experiment_id = experiment.experiment_id
     if state.parent_run_id:

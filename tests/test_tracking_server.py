@@ -243,3 +243,23 @@ def test_a_study_does_not_start_without_its_tracking_server(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"error: mlflow.tracking_uri: http://127.0.0.1:{port} does not answer" in error
     assert not ray.is_initialized()
+
+
+def test_artifacts_of_a_local_store_go_beside_it_not_into_the_working_folder(
+    tmp_path, monkeypatch
+):
+    from harness.study_state import StudyState
+    from harness.tracking import start_study_run
+
+    store, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where the user happened to start the command
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    state = StudyState(store, uri, "exp", config={"study": {"name": "s"}})
+    run_id = start_study_run(state)
+    (tmp_path / "table.md").write_text("| a |\n")
+    mlflow.MlflowClient(uri).log_artifact(run_id, str(tmp_path / "table.md"))
+    assert list(elsewhere.iterdir()) == []
+    (logged,) = (store / "mlartifacts").rglob("table.md")
+    assert logged.read_text() == "| a |\n"
