@@ -44,6 +44,8 @@ from harness.config import (
 from harness.data import Dataset, prepare_dataset
 from harness.data.folders import DatasetError
 from harness.models import model_inputs
+from harness.preflight import check_before_start
+from harness.resources import trial_resources
 from harness.search_space import check_space, define_by_run
 from harness.study_state import StudyState
 from harness.train import VALIDATION_FAITHFULNESS
@@ -56,9 +58,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 class StudyInterrupted(RuntimeError):
     """A stage ended before all its trials did (SIGINT): the same command resumes it."""
-
-
-AUTO_GPU_SHARE = 0.25  # sweep.gpus_per_trial=auto: a quarter of a GPU per trial where GPUs exist
 
 
 def _init_ray(cfg: DictConfig) -> bool:
@@ -85,35 +84,6 @@ def _alive_nodes() -> list[dict[str, Any]]:
     import ray
 
     return [node for node in ray.nodes() if node["Alive"]]
-
-
-def _resources(
-    sweep: DictConfig, nodes: list[dict[str, float]], joined: bool
-) -> tuple[dict[str, float], int]:
-    """Per-trial resources (`sweep.cpus_per_trial`, `sweep.gpus_per_trial`) and the number of
-    trials that fit at once, counted node by node (`nodes`: each node's Ray resources; a trial's
-    resources must all be on one node). No node fitting a trial is an error on a local Ray; on a
-    joined cluster a warning (an autoscaler may still add such nodes)."""
-    gpus = sweep.gpus_per_trial
-    if gpus == "auto":
-        gpus = AUTO_GPU_SHARE if any(node.get("GPU", 0) > 0 for node in nodes) else 0
-    cpus, gpus = float(sweep.cpus_per_trial), float(gpus)
-
-    def fit(have: float, need: float) -> int:
-        return math.floor(have / need + 1e-9) if need else 1 << 30
-
-    fits = sum(min(fit(n.get("CPU", 0), cpus), fit(n.get("GPU", 0), gpus)) for n in nodes)
-    if not fits:
-        have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes)
-        message = (
-            f"sweep.cpus_per_trial={cpus:g}, sweep.gpus_per_trial={gpus:g}: no Ray node has that "
-            f"much for a trial (nodes: {have})"
-        )
-        if not joined:
-            raise ConfigError(message)
-        print(f"warning: {message}; trials wait until the cluster has such a node", flush=True)
-    concurrent = int(sweep.max_concurrent or max(fits, 1))
-    return {"cpu": cpus, "gpu": gpus}, concurrent
 
 
 def _check_shared_storage(folder: Path, nodes: list[dict[str, Any]]) -> None:
@@ -417,9 +387,13 @@ def _export_best(
 
 def _open_state(cfg: DictConfig, tags: dict[str, str]) -> StudyState:
     """The study's state in its output folder: new, or (same command again) the one to resume.
-    A folder holding a study started with another configuration is refused."""
+    A folder holding a study started with another configuration is refused, unless
+    `study.restart=true` (the old study is then moved aside, see `_move_aside`)."""
     config = _comparable(cfg)
     state = StudyState.load(Path(cfg.study.output_dir))
+    if state is not None and state.config != config and cfg.study.restart:
+        _move_aside(Path(cfg.study.output_dir), cfg)
+        state = None
     if state is None:
         state = StudyState(Path(cfg.study.output_dir), cfg.mlflow.tracking_uri,
                            cfg.mlflow.experiment_name, config, tags=tags)  # fmt: skip
@@ -428,24 +402,38 @@ def _open_state(cfg: DictConfig, tags: dict[str, str]) -> StudyState:
         keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise ConfigError(
             f"study.output_dir: {state.folder} holds a study started with other settings "
-            f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])}); run the "
-            "same command to resume it, or choose another study.output_dir"
+            f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys[:5])}). Run "
+            "it with its own settings to resume it; to start afresh there, add "
+            "study.restart=true (the old study is moved aside, nothing is deleted); or choose "
+            "another study.output_dir"
         )
     return state
 
 
+def _move_aside(folder: Path, cfg: DictConfig) -> None:
+    """`study.restart=true`: the study in `folder` is renamed `<folder>.replaced-<time>` (its
+    MLflow and Optuna stores move with it where they live in the folder, as by default)."""
+    aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(folder, aside)
+    folder.mkdir()
+    print(f"study.restart: the earlier study in {folder} was moved to {aside}", flush=True)
+
+
 def _comparable(cfg: DictConfig) -> dict[str, Any]:
-    """The settings a resumed study must share with its start: all but where it runs (`ray`)
-    and how long the end waits for MLflow."""
+    """The settings a resumed study must share with its start: all but where it runs (`ray`),
+    how long the end waits for MLflow, and `study.restart`."""
     config = OmegaConf.to_container(cfg, resolve=True)
     del config["ray"]
     config["mlflow"].pop("flush_timeout_s", None)
+    config["study"].pop("restart", None)
     return yaml.safe_load(yaml.safe_dump(config))  # plain types, as the state file reads back
 
 
 def check_output_dir(cfg: DictConfig) -> None:
-    """Raise ConfigError if `study.output_dir` holds a study with other settings."""
-    _open_state(cfg, {})
+    """Raise ConfigError if `study.output_dir` holds a study with other settings (and
+    `study.restart` is not set); reads only."""
+    if not cfg.study.restart:
+        _open_state(cfg, {})
 
 
 def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
@@ -465,6 +453,11 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     print(f"data: {dataset.name} ({len(dataset.labels)} samples of {'+'.join(dataset.inputs)}, "
           f"{dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
+    joined, nodes = _init_ray(cfg), _alive_nodes()
+    resources, concurrent = trial_resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
+    if len(nodes) > 1:
+        _check_shared_storage(out, nodes)
+    # the study's settings are recorded once Ray and the tracking store are there
     tags = {"experiment": cfg.experiment, "data": dataset.name, "synthetic": str(dataset.synthetic)}
     state = _open_state(cfg, tags)
     resumed = bool(state.stages)
@@ -475,10 +468,6 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
                           f"({last_line(str(error))}); a study starts with its tracking store "
                           "reachable") from None  # fmt: skip
     state.save()
-    joined, nodes = _init_ray(cfg), _alive_nodes()
-    resources, concurrent = _resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
-    if len(nodes) > 1:
-        _check_shared_storage(out, nodes)
     ray_note = (
         f"{'joined' if joined else 'local'}, {len(nodes)} node(s); per trial {resources['cpu']:g} "
         f"CPU, {resources['gpu']:g} GPU; up to {concurrent} trials at once"
@@ -612,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_output_dir(cfg)
+        check_before_start(cfg)  # all before any file is written, any data decoded, Ray started
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

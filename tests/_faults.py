@@ -65,18 +65,21 @@ def flaky_trial(config: dict[str, Any]) -> None:
     run_trial(config)
 
 
-def _gate(epoch: int) -> None:
-    """Hold the calling trial at the gate described by the GATE_* variables (see above)."""
+GATE_SETTINGS = ("GATE_DIR", "GATE_EPOCH", "GATE_STAGE", "GATE_QUORUM", "GATE_TIMEOUT_S")
+
+
+def _gate(epoch: int, settings: dict[str, str]) -> None:
+    """Hold the calling trial at the gate `settings` describe (the GATE_* variables, see above)."""
     from ray import tune
 
     context = tune.get_context()
-    stage = os.environ.get("GATE_STAGE")
-    if epoch != int(os.environ["GATE_EPOCH"]) or stage not in (None, context.get_experiment_name()):
+    stage = settings.get("GATE_STAGE")
+    if epoch != int(settings["GATE_EPOCH"]) or stage not in (None, context.get_experiment_name()):
         return
-    folder = Path(os.environ["GATE_DIR"])
+    folder = Path(settings["GATE_DIR"])
     (folder / f"arrived-{context.get_trial_id()}").touch()
-    quorum = int(os.environ.get("GATE_QUORUM", 0))
-    bound = float(os.environ.get("GATE_TIMEOUT_S", 900))
+    quorum = int(settings.get("GATE_QUORUM", 0))
+    bound = float(settings.get("GATE_TIMEOUT_S", 900))
     deadline = time.monotonic() + bound
     while not (folder / "open").exists():
         if quorum and len(list(folder.glob("arrived-*"))) >= quorum:
@@ -88,27 +91,36 @@ def _gate(epoch: int) -> None:
         time.sleep(0.2)
 
 
-def gated_trial(config: dict[str, Any]) -> None:
-    from trainables.trial import _TuneTrial, run_trial
+def gated(settings: dict[str, str]):
+    """The trainable held at the gate `settings` describe (read in the driver: the trial may run
+    on a node whose processes have another environment)."""
 
-    report = _TuneTrial.report
+    def gated_trial(config: dict[str, Any]) -> None:
+        from trainables.trial import _TuneTrial, run_trial
 
-    def report_then_gate(self, metrics, artifacts):
-        report(self, metrics, artifacts)
-        _gate(int(metrics["epoch"]))
+        report = _TuneTrial.report
 
-    _TuneTrial.report = report_then_gate
-    try:
-        run_trial(config)
-    finally:
-        _TuneTrial.report = report
+        def report_then_gate(self, metrics, artifacts):
+            report(self, metrics, artifacts)
+            _gate(int(metrics["epoch"]), settings)
+
+        _TuneTrial.report = report_then_gate
+        try:
+            run_trial(config)
+        finally:
+            _TuneTrial.report = report
+
+    return gated_trial
 
 
 def main(argv: list[str] | None = None) -> int:
     import trainables
     from harness.sweep import main as sweep
 
-    wrapped = flaky_trial if "FAULTS_DIR" in os.environ else gated_trial
+    if "FAULTS_DIR" in os.environ:
+        wrapped = flaky_trial
+    else:
+        wrapped = gated({key: os.environ[key] for key in GATE_SETTINGS if key in os.environ})
     for modality in trainables.TRAINABLES:
         trainables.TRAINABLES[modality] = wrapped
     return sweep(sys.argv[1:] if argv is None else argv)

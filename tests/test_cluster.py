@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, compose, resolve_paths, validate_study
-from harness.sweep import _resources
+from harness.resources import trial_resources as _resources
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"

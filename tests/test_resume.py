@@ -244,3 +244,30 @@ def test_a_study_folder_refuses_other_settings_before_anything_starts(tmp_path, 
     assert f"study.output_dir: {out} holds a study started with other settings" in error
     assert "(train.epochs: 1 -> 2)" in error  # where it runs (ray.*) may change
     assert not ray.is_initialized()
+
+
+def test_study_restart_moves_a_study_with_other_settings_aside(tmp_path, capsys):
+    from harness.sweep import _open_state, check_output_dir
+
+    out = tmp_path / "study"
+    args = ["sweep=smoke", f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}"]
+    cfg = compose("birds_video", args)
+    resolve_paths(cfg)
+    out.mkdir()
+    _open_state(cfg, {}).save()
+    (out / "report.md").write_text("the earlier study's\n")
+
+    other = compose("birds_video", [*args, "train.epochs=2", "study.restart=true"])
+    resolve_paths(other)
+    check_output_dir(other)  # not refused, and nothing moved yet: it only reads
+    assert (out / "report.md").is_file()
+    state = _open_state(other, {})
+    assert state.config["train"]["epochs"] == 2 and not state.stages
+    (aside,) = tmp_path.glob("study.replaced-*")
+    assert (aside / "report.md").read_text() == "the earlier study's\n"
+    assert list(out.iterdir()) == []
+    assert f"moved to {aside}" in capsys.readouterr().out
+    # the same settings again (restart still set): the study resumes, nothing moves
+    state.save()
+    assert _open_state(other, {}).study_id == state.study_id
+    assert len(list(tmp_path.glob("study.replaced-*"))) == 1

@@ -1,0 +1,42 @@
+"""Mistakes a study can only see outside its config (a folder it cannot write, a Ray cluster
+that does not answer, resources no local Ray has, a missing checkpoint) stop it with exit code 2
+and a message naming the key, before anything is written, decoded or started."""
+
+import re
+import socket
+
+import pytest
+
+from harness.sweep import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("study.output_dir=/proc/et-study", r"study.output_dir: /proc/et-study: cannot create"),
+        ("sweep.gpus_per_trial=3", r"sweep.gpus_per_trial=3: no Ray node has that much"),
+        ("model.pretrained=/nonexistent/ckpt",
+         r"model.pretrained: /nonexistent/ckpt: no such file or folder"),
+        (f"ray.address=127.0.0.1:{_free_port()}",
+         r"ray.address: 127.0.0.1:\d+: no Ray cluster answers within ray.connect_timeout_s=2 s"),
+    ],
+)  # fmt: skip
+def test_a_study_that_could_not_run_is_refused_before_anything_starts(
+    tmp_path, capsys, override, message
+):
+    import ray
+
+    out, cache = tmp_path / "study", tmp_path / "cache"
+    code = main(["birds_video", "sweep=smoke", f"study.output_dir={out}",
+                 f"data.cache_dir={cache}", "ray.connect_timeout_s=2", override])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and re.search(message, error), error
+    assert not out.exists() and not cache.exists()
+    assert not ray.is_initialized()
