@@ -44,6 +44,7 @@ from harness.config import (
 from harness.data import Dataset, prepare_dataset
 from harness.data.folders import DatasetError
 from harness.models import model_inputs
+from harness.overrides import check_overrides
 from harness.preflight import check_before_start
 from harness.resources import trial_resources
 from harness.search_space import check_space, define_by_run
@@ -579,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         "Optuna searches run by Ray Tune, MLflow records, final re-training over seeds, "
         "comparison tables and exported best configs.",
         epilog="Overrides are Hydra-style, e.g. sweep=smoke sweep.num_samples=16 "
-        "study.output_dir=/tmp/s mlflow.tracking_uri=http://127.0.0.1:5000 methods.et.k=1.5",
+        "study.output_dir=/tmp/s mlflow.tracking_uri=http://127.0.0.1:5000 "
+        "space.et.method.k.high=1.5",
     )
     parser.add_argument("experiment", help=f"one of: {', '.join(experiments())}")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -590,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(ray.verbose=true)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        cfg = compose(args.experiment, [*args.overrides, *["ray.verbose=true"] * args.verbose])
+        overrides = [*args.overrides, *["ray.verbose=true"] * args.verbose]
+        if args.experiment in experiments():
+            check_overrides(args.experiment, overrides)
+        cfg = compose(args.experiment, overrides)
         resolve_paths(cfg)
         validate_study(cfg)
     except ConfigError as error:

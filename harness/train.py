@@ -307,10 +307,16 @@ def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, dev
 def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
     """A trial config file (as `best/<method>.yaml`), with dotted `key=value` overrides."""
     from harness.config import ConfigError, validate_trial_config
+    from harness.overrides import check_trial_file
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    check_trial_file(loaded, overrides, str(path))
+    cfg = OmegaConf.merge(OmegaConf.create(loaded), OmegaConf.from_dotlist(overrides))
     config = OmegaConf.to_container(cfg, resolve=True)
     validate_trial_config(config, source=str(path))
     return config

@@ -46,7 +46,7 @@ def test_unknown_experiment_lists_the_known_ones():
 def test_cli_exits_2_before_starting_ray(capsys):
     import ray
 
-    assert main(["birds_video", "methods.et.k=-2"]) == 2
+    assert main(["birds_video", "~space.et.method.k", "methods.et.k=-2"]) == 2
     assert "error: methods.et: method.k: expected K >= 0" in capsys.readouterr().err
     assert not ray.is_initialized()
 
