@@ -454,6 +454,11 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     print(f"data: {dataset.name} ({len(dataset.labels)} samples of {'+'.join(dataset.inputs)}, "
           f"{dataset.num_classes} classes)"
           + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""), flush=True)  # fmt: skip
+    if dataset.skipped:
+        shown = "; ".join(str(s) for s in dataset.skipped[:5])
+        print(f"data: {len(dataset.skipped)} files skipped (data.on_bad_file=skip; all of them in "
+              f"report/skipped_files.csv): {shown}" + (" ..." if len(dataset.skipped) > 5 else ""),
+              flush=True)  # fmt: skip
     joined, nodes = _init_ray(cfg), _alive_nodes()
     resources, concurrent = trial_resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
     if len(nodes) > 1:

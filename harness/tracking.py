@@ -544,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except mlflow.exceptions.MlflowException as error:
-        print(f"error: MLflow: {last_line(str(error))}", file=sys.stderr)
-        return 1
+        print(f"error: --tracking-uri / the study's mlflow.tracking_uri: "
+              f"{last_line(str(error))}", file=sys.stderr)  # fmt: skip
+        return 2
     print(f"synced {args.study_dir}: {counts}")
     return 0
 

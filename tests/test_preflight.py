@@ -40,3 +40,22 @@ def test_a_study_that_could_not_run_is_refused_before_anything_starts(
     assert error.startswith("error: ") and re.search(message, error), error
     assert not out.exists() and not cache.exists()
     assert not ray.is_initialized()
+
+
+def test_a_dataset_a_study_cannot_learn_from_is_refused_by_name():
+    import numpy as np
+
+    from harness.data import Dataset, check_splits
+    from harness.data.folders import DatasetError
+
+    def dataset(labels, split, names=("fall", "walk")):
+        return Dataset("d", False, names, np.array(labels), np.array(split))
+
+    ok = dataset([0, 1, 0, 1, 0, 1], ["train", "train", "val", "val", "test", "test"])
+    check_splits(ok)
+    with pytest.raises(DatasetError, match=r"d: 1 class \(fall\): a study needs at least two"):
+        check_splits(dataset([0, 0, 0], ["train", "val", "test"], names=("fall",)))
+    with pytest.raises(DatasetError, match=r"class\(es\) walk have no training samples"):
+        check_splits(dataset([0, 1, 0, 1], ["train", "val", "test", "test"]))
+    with pytest.raises(DatasetError, match=r"the val split is empty"):
+        check_splits(dataset([0, 1, 0], ["train", "train", "test"]))

@@ -23,6 +23,10 @@ import numpy as np
 import torch
 
 from harness.data.synthetic import SyntheticSpec, load_or_generate
+from harness.data.video_io import read_clip
+
+__all__ = ["Dataset", "check_splits", "iterate_batches", "open_dataset", "prepare_dataset",
+           "read_clip"]  # fmt: skip
 
 SPLITS = ("train", "val", "test")
 INPUTS = ("video", "signal")
@@ -76,8 +80,39 @@ def synthetic_spec(data: Mapping[str, Any]) -> SyntheticSpec:
 
 
 def prepare_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) -> Dataset:
-    """Generate/decode the dataset described by the `data` config into its cache (driver side)."""
-    return open_dataset(data, inputs)
+    """Generate/decode the dataset described by the `data` config into its cache (driver side),
+    and check that a study can learn and be measured on it (`check_splits`)."""
+    dataset = open_dataset(data, inputs)
+    check_splits(dataset)
+    return dataset
+
+
+def check_splits(dataset: Dataset) -> None:
+    """Raise DatasetError unless the dataset has at least two classes, every class has training
+    samples, and the validation and test splits are not empty (selection and evaluation need
+    them). A class missing from the validation or test split is announced, not refused (small
+    real datasets have such splits; its accuracy is then not measured)."""
+    from harness.data.folders import DatasetError
+
+    names = dataset.class_names
+    counts = {s: np.bincount(dataset.labels[dataset.indices(s)], minlength=len(names))
+              for s in SPLITS}  # fmt: skip
+    where = f"{dataset.name}: " + (f"{len(dataset.skipped)} files skipped; " if dataset.skipped
+                                   else "")  # fmt: skip
+    if len(names) < 2:
+        raise DatasetError(f"{where}{len(names)} class ({', '.join(names)}): a study needs "
+                           "at least two")  # fmt: skip
+    empty = [names[c] for c in np.flatnonzero(counts["train"] == 0)]
+    if empty:
+        raise DatasetError(f"{where}class(es) {', '.join(empty)} have no training samples "
+                           "(a label typo in the annotation table?)")  # fmt: skip
+    for split in ("val", "test"):
+        if not counts[split].sum():
+            raise DatasetError(f"{where}the {split} split is empty")
+        missing = [names[c] for c in np.flatnonzero(counts[split] == 0)]
+        if missing:
+            print(f"warning: {where}no {split} samples of class(es) {', '.join(missing)}",
+                  flush=True)  # fmt: skip
 
 
 def open_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) -> Dataset:
