@@ -1,4 +1,5 @@
-"""Search spaces, one YAML per modality and method (`<modality>/<method>.yaml`).
+"""Search spaces: `common/<method>.yaml` for every modality, `<modality>/et.yaml` where ET's
+knobs differ.
 
 Each leaf names a trial-config key by its path and how Optuna samples it:
 `{type: float|int, low, high, log?, step?}` or `{type: categorical, choices: [...]}`, with an
