@@ -61,6 +61,18 @@ class StudyInterrupted(RuntimeError):
     """A stage ended before all its trials did (SIGINT): the same command resumes it."""
 
 
+class StudyIncomplete(RuntimeError):
+    """The study ended, its report written, but some methods have no final result (no search
+    trial finished, or no final seed did): their rows in the table are empty."""
+
+    def __init__(self, report: Path, methods: dict[str, str]) -> None:
+        self.report, self.methods = report, methods
+        super().__init__("; ".join(f"{m}: {why}" for m, why in methods.items()))
+
+
+EXIT_INCOMPLETE = 3  # the exit code of a study that ended with a method lacking final results
+
+
 def _init_ray(cfg: DictConfig) -> bool:
     """Join the Ray cluster at `ray.address` (or RAY_ADDRESS; "auto": the cluster started on this
     machine with `ray start`), or start a local Ray (`ray.num_cpus`, `ray.num_gpus`; no dashboard).
@@ -559,6 +571,10 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     state.save()
     Outbox.to(state.tracking_uri).put(sync_call(state, parent=True))  # and stages not synced
     print(paths["md"].read_text(), flush=True)
+    incomplete = {s.method: "no search trial finished" if s.method not in best_configs
+                  else "no final seed finished" for s in summaries if not s.final_runs}  # fmt: skip
+    if incomplete:
+        raise StudyIncomplete(out / "report", incomplete)
     return out / "report"
 
 
@@ -630,6 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({error}); run the same command again to resume the study",
               file=sys.stderr)  # fmt: skip
         return 130
+    except StudyIncomplete as error:
+        print(f"report: {error.report}", flush=True)
+        print(f"incomplete study, exit code {EXIT_INCOMPLETE}: {error} (see the report's failed "
+              "trials)", file=sys.stderr, flush=True)  # fmt: skip
+        return EXIT_INCOMPLETE
     print(f"report: {report}", flush=True)
     return 0
 
