@@ -125,6 +125,8 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
     need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
          f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+    need(all(e in VIDEO_EXPLAINERS for e in evaluation.get("trend_explainers") or ()),
+         "evaluation.trend_explainers", f"a list of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
     need(evaluation.get("occlusion_value") in OCCLUSION_FILLS, "evaluation.occlusion_value",
          f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),

@@ -29,7 +29,7 @@ face crop, in these steps (``settings`` = :class:`FaceCropSettings`):
    averaged over a centred window of ``smooth`` frames (shrunk at the ends).
 4. **One box per clip**: the smallest square that holds every frame's smoothed box (centred on
    their union's bounding box, side = its longer edge), widened by ``margin`` x side on each
-   side (side x (1 + 2 margin)), rounded to whole pixels.
+   side (side x (1 + 2 margin)), rounded to whole pixels (halves up).
 5. **Crop and resize**: that square is cut from every sampled frame; parts of it outside the
    frame are black (the box is never shifted, so the face stays where the box puts it, which
    the facial regions of :mod:`harness.evaluate.trends` rely on); the crop is resized to the
@@ -243,8 +243,8 @@ def clip_box(track: np.ndarray, margin: float) -> tuple[int, int, int]:
     y1 = (track[:, 1] + track[:, 2] / 2).max()
     side = max(x1 - x0, y1 - y0) * (1 + 2 * float(margin))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    size = max(1, int(round(side)))
-    return int(round(cx - size / 2)), int(round(cy - size / 2)), size
+    size = max(1, int(np.floor(side + 0.5)))  # whole pixels, halves rounded up
+    return int(np.floor(cx - size / 2 + 0.5)), int(np.floor(cy - size / 2 + 0.5)), size
 
 
 def crop_box(frames: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
