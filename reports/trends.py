@@ -176,6 +176,7 @@ def plot_class_trends(
 #: The explainers the 001 seed compared on CREMA-D, and the random floor.
 SEED_TREND_EXPLAINERS = ("gradcam", "rollout", "rollout_grad", "tibav", "random")
 FACE_TRENDS_STEM = "face_trends"
+TOP_LIFT = 1.25  # a region "stands out" when its share is at least 25% above its area
 
 
 def face_trend_table(
@@ -187,8 +188,9 @@ def face_trend_table(
     """One row per (explainer, class) of the class-mean maps `maps[explainer]` [K, T, h, w] of
     face crops: `explainer`, `class`, `clips`, the share of relevance on each facial region
     (`eyes`, `nose`, `mouth`, `rest`; rows sum to 1), each share over the region's area
-    (`<region>_lift`: 1 = what a uniform map gives) and `top`, the region of highest lift. A
-    first row `uniform (area)` holds the areas themselves."""
+    (`<region>_lift`: 1 = what a uniform map gives) and `top`, the region of highest lift when
+    that lift is at least `TOP_LIFT` (else blank: no region stands out). A first row
+    `uniform (area)` holds the areas themselves."""
     areas = face_region_areas(margin).numpy()
     rows = [{"explainer": "uniform (area)", "class": "all", "clips": int(sum(counts)),
              **dict(zip(FACE_REGION_NAMES, areas)), **{f"{r}_lift": 1.0 for r in
@@ -201,7 +203,8 @@ def face_trend_table(
                 "explainer": explainer, "class": name, "clips": int(counts[k]),
                 **dict(zip(FACE_REGION_NAMES, shares[k])),
                 **{f"{r}_lift": v for r, v in zip(FACE_REGION_NAMES, lift)},
-                "top": FACE_REGION_NAMES[int(np.argmax(lift))] if np.isfinite(lift).all() else "",
+                "top": FACE_REGION_NAMES[int(np.argmax(lift))]
+                if np.isfinite(lift).all() and lift.max() >= TOP_LIFT else "",
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -240,7 +243,9 @@ FACE_TRENDS_NOTE = (
     "harness/evaluate/trends.py: eyes x 0.10-0.90, y 0.20-0.50; nose x 0.30-0.70, y 0.50-0.68; "
     "mouth x 0.20-0.80, y 0.68-0.95; rest: the rest of the crop, margin included), relevance "
     "spread evenly over each patch. `uniform (area)`: each region's share of the crop, what a "
-    "map without preference gets; `top`: the region most above its area. Not covered: how "
+    "map without preference gets; `top`: the region most above its area, when at least 25% "
+    "above it (blank: none). Compare each row with `random`, the explainer-free floor. Not "
+    "covered: how "
     "sure a share is (no interval across clips or seeds), how well the fixed boxes fit each "
     "face (one box per clip, no landmarks), and whether the model needs the region (that is "
     "the occlusion test's question)."

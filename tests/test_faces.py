@@ -262,3 +262,19 @@ def test_the_astronaut_face_box_is_where_the_helper_says():
     skin = frames[1, y0:y1, x0:x1].astype(float).mean((0, 1))
     assert skin[0] > skin[2] + 30  # her face (reddish skin), not the grey background
     assert sample_indices(10, FRAMES).tolist() == [0, 1, 3, 4, 5, 6, 8, 9]
+
+
+def test_face_region_shares_against_a_pixel_count():
+    # naive reference: the maps upsampled nearest-neighbour to a 600-pixel crop, each pixel
+    # centre assigned to the region box that holds it (face-box units), relevance summed
+    maps = torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    margin, pixels = 0.25, 600
+    per_pixel = maps.sum(1).repeat_interleave(150, 1).repeat_interleave(150, 2)  # [3, 600, 600]
+    u = (torch.arange(pixels, dtype=torch.float64) + 0.5) / pixels * (1 + 2 * margin) - margin
+    expected = []
+    for x0, y0, x1, y1 in FACE_REGIONS.values():
+        mask = ((u >= y0) & (u < y1))[:, None] & ((u >= x0) & (u < x1))[None, :]
+        expected.append((per_pixel * mask).sum((1, 2)) / per_pixel.sum((1, 2)))
+    expected = torch.stack(expected, 1)
+    expected = torch.cat([expected, 1 - expected.sum(1, keepdim=True)], 1)
+    torch.testing.assert_close(face_region_shares(maps, margin), expected, atol=3e-3, rtol=0)
