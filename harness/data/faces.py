@@ -82,7 +82,7 @@ class FaceCropSettings:
 
     enabled: bool = False
     detector: str = "haar_default"
-    margin: float = 0.2
+    margin: float = 0.25
     smooth: int = 3
     min_face: float = 0.1
     min_detected: float = 0.5
