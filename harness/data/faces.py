@@ -6,11 +6,13 @@ training its TimeSformer. facenet-pytorch needs torchvision, which this project 
 on, so the detector here is **OpenCV's Viola-Jones Haar cascade** for frontal faces
 (``haarcascade_frontalface_default.xml``, shipped in the ``opencv-python-headless`` wheel under
 ``cv2.data.haarcascades``; OpenCV 5 dropped the cascades, hence ``opencv-python-headless<5``).
-It is fast on a CPU (about 10 ms for a 480 x 360 frame) and reliable on CREMA-D's frontal,
-evenly lit studio faces; it misses profiles and strongly tilted heads, which CREMA-D does not
-have. ``detector="haar_alt2"`` selects ``haarcascade_frontalface_alt2.xml`` instead (fewer false
-positives, a few more misses). A detector is one function ``gray uint8 [H, W] -> (boxes
-float [n, 4] as x0, y0, x1, y1, scores [n])`` registered in :data:`DETECTORS`.
+It needs no GPU and no weights beyond its XML file, and suits CREMA-D's frontal, evenly lit
+studio faces; it misses profiles and strongly tilted heads, which CREMA-D's recordings
+rarely show (not measured on CREMA-D here: the data cannot be fetched; the cache's counts and
+the report's gallery show how it did). ``detector="haar_alt2"`` selects
+``haarcascade_frontalface_alt2.xml``, another frontal-face cascade of the same package. A
+detector is one function ``gray uint8 [H, W] -> (boxes float [n, 4] as x0, y0, x1, y1, scores
+[n])`` registered in :data:`DETECTORS`.
 
 :func:`crop_faces` turns the sampled frames of a clip (at their native resolution) into the
 face crop, in these steps (``settings`` = :class:`FaceCropSettings`):
