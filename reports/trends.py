@@ -7,7 +7,8 @@ class: the mean map of each frame as a heatmap, then a bar chart of the frame sh
 
 On face crops (CREMA-D, the 001 seed): `face_trend_table` (per explainer and class, the share of
 relevance on the eyes, nose, mouth and the rest of the face crop), `write_face_trends`
-(face_trends.md|csv, face_trends_<model>.png) and `study_face_trends`, which computes them from a
+(face_trends.md|csv, face_trends_<model>.png), `plot_face_maps` (face_maps_<model>.png: the
+class-mean maps over the crop, regions outlined) and `study_face_trends`, which computes them from a
 study's final models (what `harness.sweep` puts in its report when `data.face_crop.enabled`).
 """
 
@@ -25,9 +26,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from harness.evaluate.trends import (  # noqa: E402
     FACE_REGION_NAMES,
+    FACE_REGIONS,
     face_region_areas,
     face_region_shares,
     frame_shares,
@@ -237,6 +240,40 @@ def plot_face_trends(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     return path
 
 
+def plot_face_maps(
+    maps: Mapping[str, torch.Tensor], class_names: Sequence[str], margin: float, path: Path,
+    title: str = "",
+) -> Path:  # fmt: skip
+    """The class-mean maps themselves, over the face crop: one row per explainer, one column per
+    class, each map [T, h, w] summed over frames and drawn over the crop's square with the facial
+    regions outlined (one colour scale per explainer)."""
+    K = len(class_names)
+    fig, axes = plt.subplots(len(maps), K, squeeze=False,
+                             figsize=(1.3 * K + 0.8, 1.35 * len(maps) + 0.5))  # fmt: skip
+    span = 1 + 2 * float(margin)
+    for axes_row, (explainer, class_maps) in zip(axes, maps.items()):
+        values = class_maps.double().sum(1).numpy()  # [K, h, w], each a distribution
+        top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+        for k, ax in enumerate(axes_row):
+            ax.imshow(values[k], cmap="magma", vmin=0, vmax=top, extent=(0, 1, 1, 0))
+            for x0, y0, x1, y1 in FACE_REGIONS.values():
+                u0, v0 = (x0 + margin) / span, (y0 + margin) / span
+                ax.add_patch(Rectangle((u0, v0), (x1 - x0) / span, (y1 - y0) / span,
+                                       fill=False, edgecolor="cyan", linewidth=0.6))  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if explainer == next(iter(maps)):
+                ax.set_title(class_names[k], fontsize=7)
+        axes_row[0].set_ylabel(explainer, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 FACE_TRENDS_NOTE = (
     "Relevance of the predicted class on each test clip's face crop (the method's view), each "
     "clip's map normalised to sum 1 (negative relevance clipped to 0), averaged per true class; "
@@ -263,7 +300,7 @@ def write_face_trends(
 ) -> dict[str, Path]:
     """`face_trends.md` (per table, e.g. per method: explainer x class rows of facial-region
     shares), `face_trends.csv` (stacked, with `model` and `synthetic` columns) and
-    `face_trends_<name>.png` per table."""
+    `face_trends_<name>.png` per table (:func:`plot_face_maps` draws the maps themselves)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     if synthetic:
@@ -332,6 +369,9 @@ def study_face_trends(
         class_maps = {name: class_mean_maps(torch.cat(relevance[name]), label, len(names))
                       for name in explainers}  # fmt: skip
         tables[method] = face_trend_table(class_maps, names, counts, margin)
+        plot_face_maps(class_maps, names, margin, folder / f"face_maps_{method}.png",
+                       f"{method}: class-mean relevance over the face crop"
+                       + (" (SYNTHETIC)" if synthetic else ""))  # fmt: skip
     notes = {"models": ", ".join(runs) + " final run(s), clips pooled over the runs",
              "split": split, "explainers": ", ".join(explainers)}  # fmt: skip
     return write_face_trends(tables, folder, title, synthetic=synthetic, notes=notes)

@@ -98,6 +98,7 @@ def test_face_cropped_data_gets_the_facial_region_trends(workspace):
     assert faces[regions].sum(axis=1).tolist() == pytest.approx([1.0] * 7)
     assert faces["clips"].tolist()[1:] == trends["clips"].tolist()  # the same test clips
     assert (output / "face_trends_vanilla.png").is_file()
+    assert (output / "face_maps_vanilla.png").is_file()
 
 
 def test_a_config_yaml_is_trained_first_with_the_default_levels(workspace):

@@ -182,6 +182,7 @@ def test_cremad_report_carries_facial_region_trends_and_the_face_gallery(studies
         assert math.isclose(sum(shares), 1.0, abs_tol=1e-9) and min(shares) >= 0
         assert r["synthetic"] == "False" and r["model"] == "vanilla"
     assert (report / "face_trends_vanilla.png").stat().st_size > 0
+    assert (report / "face_maps_vanilla.png").stat().st_size > 0
     assert (report / "face_crops.png").stat().st_size > 0
     skipped = (report / "skipped_files.csv").read_text()
     assert "1001_IEO_ANG_XX.mp4,no face found: " in skipped  # the faceless clip, named

@@ -150,6 +150,7 @@ def test_face_trends_on_the_synthetic_stand_in_are_produced_and_labelled_synthet
     markdown = paths["md"].read_text()
     assert "**SYNTHETIC DATA" in markdown and "the synthetic clips hold no face" in markdown
     assert (tmp_path / "report" / "face_trends_vanilla.png").stat().st_size > 0
+    assert (tmp_path / "report" / "face_maps_vanilla.png").stat().st_size > 0
     rows = list(csv.DictReader(paths["csv"].open()))
     assert {r["synthetic"] for r in rows} == {"True"} and len(rows) == 1 + 2 * 6
     areas = face_region_areas(0.25).tolist()  # data.face_crop.margin of cremad_video

@@ -24,8 +24,9 @@ parameters (k, heads). Output (default <model folder>/evaluation; for runs:/ out
   occlusion_curves.csv    every curve point: explainer, direction, level, accuracy, probability
   trends.md|.csv          per explainer, per class: share of relevance per region and per frame
   trends/<explainer>.png  per class: the mean map of each frame, and the frame shares
-  face_trends.md|.csv|_<method>.png   face-cropped data (data.face_crop.enabled): per explainer,
-                          per class, the share of relevance on the eyes, nose, mouth and rest
+  face_trends.md|.csv|_<method>.png, face_maps_<method>.png   face-cropped data
+                          (data.face_crop.enabled): per explainer, per class, the share of
+                          relevance on the eyes, nose, mouth and rest; the class-mean maps
   galleries/<explainer>.png, galleries/<explainer>_clip<i>.gif   the first evaluation.gallery_clips
 """
 
@@ -246,6 +247,7 @@ def evaluate_explainers(
     from reports.trends import (
         face_trend_table,
         plot_class_trends,
+        plot_face_maps,
         trend_table,
         write_face_trends,
         write_trends,
@@ -348,7 +350,9 @@ def evaluate_explainers(
     )  # fmt: skip
     face_crop = config["data"].get("face_crop") or {}
     if face_crop.get("enabled"):
-        face = face_trend_table(class_maps, names, counts, float(face_crop.get("margin", 0.0)))
+        margin = float(face_crop.get("margin", 0.0))
+        face = face_trend_table(class_maps, names, counts, margin)
+        plot_face_maps(class_maps, names, margin, output / f"face_maps_{method.name}.png", title)
         notes = {"source": source or str(weights.parent)}
         write_face_trends({method.name: face}, output, f"Facial-region trends: {title}",
                           synthetic=synthetic, notes=notes)  # fmt: skip
