@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from reports.trends import save_figure  # noqa: E402
+
 FACE_GALLERY = "face_crops.png"
 
 
@@ -62,8 +64,4 @@ def save_face_gallery(cache: Path, path: Path, clips: int = 4) -> Path | None:
         "yellow: the smoothed track per sampled frame, red: the clip's box", fontsize=7,
     )  # fmt: skip
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -212,6 +212,15 @@ def face_trend_table(
     return pd.DataFrame(rows)
 
 
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` to `path` (its folder made as needed, 90 dpi) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_face_trends(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     """One panel per explainer: per class, a bar per facial region of its share over its area
     (dashed: 1, a uniform map)."""
@@ -233,11 +242,7 @@ def plot_face_trends(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), 1))
     fig.legend(handles, labels, loc="center right", fontsize=6, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_face_maps(
@@ -267,11 +272,7 @@ def plot_face_maps(
         axes_row[0].set_ylabel(explainer, fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 FACE_TRENDS_NOTE = (
