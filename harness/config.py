@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.data.faces import FaceCropSettings
 from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
 from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
@@ -124,6 +125,8 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
     need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
          f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+    need(all(e in VIDEO_EXPLAINERS for e in evaluation.get("trend_explainers") or ()),
+         "evaluation.trend_explainers", f"a list of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
     need(evaluation.get("occlusion_value") in OCCLUSION_FILLS, "evaluation.occlusion_value",
          f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
@@ -177,6 +180,10 @@ def _check_data(data: Mapping[str, Any], need: Callable[[bool, str, str], None])
             known = [k for k in layout_options(layout) if k not in ("on_bad_file", "class_names")]
             need(key in known, f"data.options.{key}",
                  f"an option of the {layout} layout: {', '.join(known)}")  # fmt: skip
+    try:  # its message names data.face_crop.<key>, the value and what was expected
+        FaceCropSettings.from_config(data.get("face_crop"))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
     names = data.get("class_names")
     need(names is None or (isinstance(names, list) and len(names) > 0
                            and len({str(n) for n in names}) == len(names)),

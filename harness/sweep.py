@@ -534,9 +534,11 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
             _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
                          dataset.synthetic)  # fmt: skip
         summaries[method] = summary
+    finals = []
     if best_configs:
         slowest_first = sorted(best_configs, key=lambda m: -seconds[m])
-        for result in _finished(engine.final({m: best_configs[m] for m in slowest_first})):
+        finals = _finished(engine.final({m: best_configs[m] for m in slowest_first}))
+        for result in finals:
             summaries[result.config["method"]].final_runs.append(
                 {**result.metrics, "seed": result.config["seed"]}
             )
@@ -565,6 +567,8 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
     paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
                              skipped_table(dataset.skipped))  # fmt: skip
+    if (cfg.data.get("face_crop") or {}).get("enabled") and "video" in dataset.inputs:
+        _face_report(cfg, dataset, finals, out / "report", title)
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
     state.summary = {"params": {"wall_seconds": round(elapsed)},
                      "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
@@ -576,6 +580,23 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     if incomplete:
         raise StudyIncomplete(out / "report", incomplete)
     return out / "report"
+
+
+def _face_report(cfg: DictConfig, dataset: Dataset, finals: list, folder: Path, title: str) -> None:
+    """Face-cropped data: the crops' gallery (report/face_crops.png, real data) and the facial-
+    region trends of the final models (report/face_trends.md|csv|_<method>.png)."""
+    from reports.faces import FACE_GALLERY, save_face_gallery
+    from reports.trends import study_face_trends
+
+    if dataset.cache is not None:
+        save_face_gallery(dataset.cache, folder / FACE_GALLERY)
+    runs: dict[str, list[Path]] = {}
+    for result in finals:
+        if result.checkpoint is not None:
+            runs.setdefault(result.config["method"], []).append(Path(result.checkpoint.path))
+    if runs:
+        study_face_trends(runs, folder, f"{title}: facial-region trends",
+                          explainers=list(cfg.evaluation.trend_explainers))  # fmt: skip
 
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:

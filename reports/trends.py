@@ -4,6 +4,12 @@
 region of the frame, per frame); `write_trends` writes the tables of several explainers as one
 Markdown file and one CSV; `plot_class_trends` draws one explainer's class-mean maps (one row per
 class: the mean map of each frame as a heatmap, then a bar chart of the frame shares).
+
+On face crops (CREMA-D, the 001 seed): `face_trend_table` (per explainer and class, the share of
+relevance on the eyes, nose, mouth and the rest of the face crop), `write_face_trends`
+(face_trends.md|csv, face_trends_<model>.png), `plot_face_maps` (face_maps_<model>.png: the
+class-mean maps over the crop, regions outlined) and `study_face_trends`, which computes them from a
+study's final models (what `harness.sweep` puts in its report when `data.face_crop.enabled`).
 """
 
 from __future__ import annotations
@@ -19,8 +25,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
-from harness.evaluate.trends import frame_shares, region_names, region_shares  # noqa: E402
+from harness.evaluate.trends import (  # noqa: E402
+    FACE_REGION_NAMES,
+    FACE_REGIONS,
+    face_region_areas,
+    face_region_shares,
+    frame_shares,
+    region_names,
+    region_shares,
+)
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA: built-in generator, not a real dataset."
 
@@ -156,3 +172,207 @@ def plot_class_trends(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- facial regions
+
+#: The explainers the 001 seed compared on CREMA-D, and the random floor.
+SEED_TREND_EXPLAINERS = ("gradcam", "rollout", "rollout_grad", "tibav", "random")
+FACE_TRENDS_STEM = "face_trends"
+TOP_LIFT = 1.25  # a region "stands out" when its share is at least 25% above its area
+
+
+def face_trend_table(
+    maps: Mapping[str, torch.Tensor],
+    class_names: Sequence[str],
+    counts: Sequence[int],
+    margin: float,
+) -> pd.DataFrame:
+    """One row per (explainer, class) of the class-mean maps `maps[explainer]` [K, T, h, w] of
+    face crops: `explainer`, `class`, `clips`, the share of relevance on each facial region
+    (`eyes`, `nose`, `mouth`, `rest`; rows sum to 1), each share over the region's area
+    (`<region>_lift`: 1 = what a uniform map gives) and `top`, the region of highest lift when
+    that lift is at least `TOP_LIFT` (else blank: no region stands out). A first row
+    `uniform (area)` holds the areas themselves."""
+    areas = face_region_areas(margin).numpy()
+    rows = [{"explainer": "uniform (area)", "class": "all", "clips": int(sum(counts)),
+             **dict(zip(FACE_REGION_NAMES, areas)), **{f"{r}_lift": 1.0 for r in
+                                                       FACE_REGION_NAMES}, "top": ""}]  # fmt: skip
+    for explainer, class_maps in maps.items():
+        shares = face_region_shares(class_maps.double(), margin).numpy()
+        for k, name in enumerate(class_names):
+            lift = shares[k] / areas
+            rows.append({
+                "explainer": explainer, "class": name, "clips": int(counts[k]),
+                **dict(zip(FACE_REGION_NAMES, shares[k])),
+                **{f"{r}_lift": v for r, v in zip(FACE_REGION_NAMES, lift)},
+                "top": FACE_REGION_NAMES[int(np.argmax(lift))]
+                if np.isfinite(lift).all() and lift.max() >= TOP_LIFT else "",
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` to `path` (its folder made as needed, 90 dpi) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_face_trends(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """One panel per explainer: per class, a bar per facial region of its share over its area
+    (dashed: 1, a uniform map)."""
+    explainers = [e for e in dict.fromkeys(table["explainer"]) if e != "uniform (area)"]
+    fig, axes = plt.subplots(1, max(len(explainers), 1), squeeze=False, sharey=True,
+                             figsize=(2.6 * max(len(explainers), 1) + 0.6, 2.8))  # fmt: skip
+    width = 0.8 / len(FACE_REGION_NAMES)
+    for ax, explainer in zip(axes[0], explainers):
+        rows = table[table["explainer"] == explainer]
+        x = np.arange(len(rows))
+        for j, region in enumerate(FACE_REGION_NAMES):
+            ax.bar(x + (j - 1.5) * width, rows[f"{region}_lift"], width, label=region)
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.set_xticks(x, list(rows["class"]), fontsize=7, rotation=45)
+        ax.set_title(explainer, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0][0].set_ylabel("share / area (-- uniform)", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), 1))
+    fig.legend(handles, labels, loc="center right", fontsize=6, frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_face_maps(
+    maps: Mapping[str, torch.Tensor], class_names: Sequence[str], margin: float, path: Path,
+    title: str = "",
+) -> Path:  # fmt: skip
+    """The class-mean maps themselves, over the face crop: one row per explainer, one column per
+    class, each map [T, h, w] summed over frames and drawn over the crop's square with the facial
+    regions outlined (one colour scale per explainer)."""
+    K = len(class_names)
+    fig, axes = plt.subplots(len(maps), K, squeeze=False,
+                             figsize=(1.3 * K + 0.8, 1.35 * len(maps) + 0.5))  # fmt: skip
+    span = 1 + 2 * float(margin)
+    for axes_row, (explainer, class_maps) in zip(axes, maps.items()):
+        values = class_maps.double().sum(1).numpy()  # [K, h, w], each a distribution
+        top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+        for k, ax in enumerate(axes_row):
+            ax.imshow(values[k], cmap="magma", vmin=0, vmax=top, extent=(0, 1, 1, 0))
+            for x0, y0, x1, y1 in FACE_REGIONS.values():
+                u0, v0 = (x0 + margin) / span, (y0 + margin) / span
+                ax.add_patch(Rectangle((u0, v0), (x1 - x0) / span, (y1 - y0) / span,
+                                       fill=False, edgecolor="cyan", linewidth=0.6))  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if explainer == next(iter(maps)):
+                ax.set_title(class_names[k], fontsize=7)
+        axes_row[0].set_ylabel(explainer, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+FACE_TRENDS_NOTE = (
+    "Relevance of the predicted class on each test clip's face crop (the method's view), each "
+    "clip's map normalised to sum 1 (negative relevance clipped to 0), averaged per true class; "
+    "shares of that class-mean map on the facial regions (fixed boxes of the face box, "
+    "harness/evaluate/trends.py: eyes x 0.10-0.90, y 0.20-0.50; nose x 0.30-0.70, y 0.50-0.68; "
+    "mouth x 0.20-0.80, y 0.68-0.95; rest: the rest of the crop, margin included), relevance "
+    "spread evenly over each patch. `uniform (area)`: each region's share of the crop, what a "
+    "map without preference gets; `top`: the region most above its area, when at least 25% "
+    "above it (blank: none). Compare each row with `random`, the explainer-free floor. Not "
+    "covered: how "
+    "sure a share is (no interval across clips or seeds), how well the fixed boxes fit each "
+    "face (one box per clip, no landmarks), and whether the model needs the region (that is "
+    "the occlusion test's question)."
+)
+
+
+def write_face_trends(
+    tables: Mapping[str, pd.DataFrame],
+    folder: Path,
+    title: str,
+    *,
+    synthetic: bool,
+    notes: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
+    """`face_trends.md` (per table, e.g. per method: explainer x class rows of facial-region
+    shares), `face_trends.csv` (stacked, with `model` and `synthetic` columns) and
+    `face_trends_<name>.png` per table (:func:`plot_face_maps` draws the maps themselves)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+    if synthetic:
+        lines += [
+            f"**{SYNTHETIC_NOTE} The regions are those of a face crop; the synthetic clips hold "
+            "no face, so these numbers only show the table's form.**",
+            "",
+        ]
+    lines += [f"- {k}: {v}" for k, v in (notes or {}).items()]
+    lines += ["", FACE_TRENDS_NOTE, ""]
+    shown = ["explainer", "class", "clips", *FACE_REGION_NAMES, "top"]
+    for name, table in tables.items():
+        lines += [f"## {name}", "", table[shown].to_markdown(index=False, floatfmt=".3f"), ""]
+        plot_face_trends(table, folder / f"{FACE_TRENDS_STEM}_{name}.png",
+                         f"{name}: facial-region share / area" + (" (SYNTHETIC)" if synthetic
+                                                                   else ""))  # fmt: skip
+    paths = {"md": folder / f"{FACE_TRENDS_STEM}.md", "csv": folder / f"{FACE_TRENDS_STEM}.csv"}
+    paths["md"].write_text("\n".join(lines))
+    stacked = pd.concat([t.assign(model=name, synthetic=synthetic) for name, t in tables.items()],
+                        ignore_index=True)  # fmt: skip
+    stacked[["model", *[c for c in stacked.columns if c != "model"]]].to_csv(
+        paths["csv"], index=False
+    )
+    return paths
+
+
+def study_face_trends(
+    checkpoints: Mapping[str, Sequence[Path]],
+    folder: Path,
+    title: str,
+    *,
+    explainers: Sequence[str] = SEED_TREND_EXPLAINERS,
+    split: str = "test",
+) -> dict[str, Path]:
+    """The facial-region trends of a study's trained models: per method (`checkpoints[method]`:
+    the folders of its final runs, each holding model.pt and config.yaml), the relevance of
+    every explainer on the `split` clips of every run, pooled over the runs (each clip of each
+    run weighs the same), as :func:`write_face_trends` tables."""
+    from harness.evaluate import explain_split, load_trained
+    from harness.evaluate.trends import class_mean_maps
+    from harness.train import resolve_device
+
+    tables, synthetic, runs = {}, False, []
+    for method, folders in checkpoints.items():
+        relevance: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
+        labels, names, margin = [], (), 0.0
+        for run in folders:
+            config = yaml.safe_load((Path(run) / "config.yaml").read_text())
+            device = resolve_device(str(config["train"].get("device", "auto")))
+            trained = load_trained(config, Path(run) / "model.pt", device)
+            dataset = trained.dataset
+            rows = np.sort(dataset.indices(split))
+            maps = explain_split(trained.model, trained.method, dataset, rows, explainers,
+                                 int(config["train"]["eval_batch_size"]), device,
+                                 seed=int(config.get("seed", 0)))  # fmt: skip
+            for name in explainers:
+                relevance[name].append(maps[name])
+            labels.append(torch.from_numpy(dataset.labels[rows].astype(np.int64)))
+            names, synthetic = dataset.class_names, synthetic or dataset.synthetic
+            margin = float((config["data"].get("face_crop") or {}).get("margin", 0.0))
+        if not labels:
+            continue
+        runs.append(f"{method} {len(folders)}")
+        label = torch.cat(labels)
+        counts = torch.bincount(label, minlength=len(names)).tolist()
+        class_maps = {name: class_mean_maps(torch.cat(relevance[name]), label, len(names))
+                      for name in explainers}  # fmt: skip
+        tables[method] = face_trend_table(class_maps, names, counts, margin)
+        plot_face_maps(class_maps, names, margin, folder / f"face_maps_{method}.png",
+                       f"{method}: class-mean relevance over the face crop"
+                       + (" (SYNTHETIC)" if synthetic else ""))  # fmt: skip
+    notes = {"models": ", ".join(runs) + " final run(s), clips pooled over the runs",
+             "split": split, "explainers": ", ".join(explainers)}  # fmt: skip
+    return write_face_trends(tables, folder, title, synthetic=synthetic, notes=notes)

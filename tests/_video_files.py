@@ -116,3 +116,43 @@ def birds_tree(
         lines.append(f"{clip_id},{label},{split},s{len(written)}")
     (root / "annotations.csv").write_text("\n".join(lines) + "\n")
     return written
+
+
+#: The astronaut's face in scikit-image's ``astronaut()`` (512 x 512), read by eye from the
+#: image: x0, y0, x1, y1 from the eyebrows to the chin, cheek to cheek.
+ASTRONAUT_FACE = (178, 88, 268, 180)
+
+
+def face_frames(
+    num_frames: int = 10, height: int = 240, width: int = 320, photo: int = 192,
+    background: int = 90,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A real face photograph moving across a larger frame: scikit-image's astronaut (shipped in
+    its wheel), resized to ``photo`` x ``photo`` and slid from the top-left corner to the
+    bottom-right one over ``num_frames`` frames on a grey ``background``.  Returns the frames
+    uint8 ``[T, height, width, 3]`` and the face's box per frame float ``[T, 4]`` (x0, y0, x1,
+    y1 in frame pixels, from :data:`ASTRONAUT_FACE`)."""
+    from skimage.data import astronaut
+    from skimage.transform import resize
+
+    image = (resize(astronaut(), (photo, photo), anti_aliasing=True) * 255).round()
+    image = image.astype(np.uint8)
+    frames = np.full((num_frames, height, width, 3), background, dtype=np.uint8)
+    faces = np.empty((num_frames, 4))
+    scale = photo / 512
+    for t in range(num_frames):
+        x = round(t * (width - photo) / max(num_frames - 1, 1))
+        y = round(t * (height - photo) / max(num_frames - 1, 1))
+        frames[t, y : y + photo, x : x + photo] = image
+        faces[t] = np.array(ASTRONAUT_FACE) * scale + [x, y, x, y]
+    return frames, faces
+
+
+def no_face_frames(num_frames: int = 10, height: int = 240, width: int = 320) -> np.ndarray:
+    """Frames without a face: a bright square moving over a textured grey background."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 120, size=(height, width, 1), dtype=np.uint8).repeat(3, axis=2)
+    frames = np.repeat(base[None], num_frames, axis=0)
+    for t in range(num_frames):
+        frames[t, 40 : 100, 20 + 20 * t : 80 + 20 * t] = (230, 200, 40)
+    return frames

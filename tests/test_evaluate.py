@@ -81,6 +81,24 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
         with Image.open(output / "galleries" / f"{name}_clip0.gif") as gif:
             assert gif.n_frames == 4
     assert not (output / "galleries" / "random_clip1.gif").exists()  # gallery_clips = 1
+    assert not (output / "face_trends.md").exists()  # data.face_crop is off for birds_video
+
+
+def test_face_cropped_data_gets_the_facial_region_trends(workspace):
+    root, config, _ = workspace
+    config = {**config, "data": {**config["data"], "face_crop": {"enabled": True, "margin": 0.0}}}
+    folder = save_model_folder(config, root / "face_model")
+    output = root / "face_out"
+    assert main([str(folder), "--explainers", "random,rollout", "--output", str(output)]) == 0
+    trends = pd.read_csv(output / "trends.csv")
+    faces = pd.read_csv(output / "face_trends.csv")
+    assert faces["synthetic"].all() and "SYNTHETIC" in (output / "face_trends.md").read_text()
+    assert faces["explainer"].tolist() == ["uniform (area)"] + ["random"] * 3 + ["rollout"] * 3
+    regions = ["eyes", "nose", "mouth", "rest"]
+    assert faces[regions].sum(axis=1).tolist() == pytest.approx([1.0] * 7)
+    assert faces["clips"].tolist()[1:] == trends["clips"].tolist()  # the same test clips
+    assert (output / "face_trends_vanilla.png").is_file()
+    assert (output / "face_maps_vanilla.png").is_file()
 
 
 def test_a_config_yaml_is_trained_first_with_the_default_levels(workspace):

@@ -367,6 +367,28 @@ def test_crema_d_actor_splits(tmp_path):
     assert {s.split for s in chosen.samples if s.group == "1001"} == {"test"}
 
 
+def test_crema_d_seeded_90_5_5_split(tmp_path):
+    root = _crema(tmp_path / "crema", actors=range(1001, 1092))  # CREMA-D's 91 actors
+    index = index_crema_d(root, test_fraction=0.05, val_fraction=0.05, split_seed=0)
+    actors = {s: {x.group for x in index.samples if x.split == s} for s in ("train", "val", "test")}
+    ids = [str(a) for a in range(1001, 1092)]
+    order = [ids[i] for i in np.random.default_rng(0).permutation(91)]  # the documented draw
+    assert actors["test"] == set(order[:5]) and actors["val"] == set(order[5:10])  # round(4.55)
+    assert len(actors["train"]) == 81 and not (actors["train"] & (actors["test"] | actors["val"]))
+    again = index_crema_d(root, test_fraction=0.05, val_fraction=0.05, split_seed=0)
+    assert again.samples == index.samples  # seeded: the same split every time
+    other = index_crema_d(root, test_fraction=0.05, val_fraction=0.05, split_seed=1)
+    assert {x.group for x in other.samples if x.split == "test"} != actors["test"]
+    spread = index_crema_d(root, test_fraction=0.05, val_fraction=0.05)  # today's: no seed
+    assert {x.group for x in spread.samples if x.split == "test"} == {
+        ids[int((j + 0.5) * 91 / 5)] for j in range(5)
+    }
+    kept = index_crema_d(root, test_actors=[1001], val_fraction=0.05, split_seed=0)
+    assert {x.group for x in kept.samples if x.split == "test"} == {"1001"}  # a list wins
+    with pytest.raises(ValueError, match="split_seed must be null or an integer >= 0, got -1"):
+        index_crema_d(root, split_seed=-1)
+
+
 def test_crema_d_errors(tmp_path):
     root = _crema(tmp_path / "crema")
     with pytest.raises(ValueError, match=r"actors \['1002'\] are in both"):

@@ -1,8 +1,10 @@
 """ucf50_video, cremad_video and birds_video on real videos encoded by the test (PyAV) into
 UCF50-, CREMA-D- and BIRDS-style trees: each experiment's smoke study runs end to end (real Ray,
 Optuna, MLflow), its report names the real dataset, the clips the trials trained on are the
-encoded frames, the group/actor splits hold, and skipped files are listed. Without a folder, the
-same experiments run on their synthetic stand-ins."""
+encoded frames (for CREMA-D: their face crops, the clips being a real face photograph moving over
+the frame), the group/actor splits hold, and skipped files are listed; the CREMA-D report carries
+the facial-region trends and the face-crop gallery. Without a folder, the same experiments run on
+their synthetic stand-ins."""
 
 from __future__ import annotations
 
@@ -12,19 +14,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _video_files import birds_tree, clip_level, crema_d_tree, decoded_index, ucf50_tree
+from _video_files import (
+    birds_tree,
+    clip_level,
+    crema_d_tree,
+    decoded_index,
+    face_frames,
+    no_face_frames,
+    ucf50_tree,
+    write_video,
+)
 
 from harness.config import ConfigError, compose, experiments, resolve_paths, validate_study
 from harness.data import open_dataset
 from harness.data.cache import load_video_cache
+from harness.data.faces import crop_box
 from harness.data.folders import Skipped
-from harness.data.video_io import sample_indices
+from harness.data.video_io import decode_clip, resize_frames, sample_indices
 from harness.sweep import main as sweep_main
 from reports.comparison import MethodSummary, comparison_table, skipped_table, write_comparison
 
 FRAMES = 8  # data.num_frames of the experiments; every encoded clip has 10 frames
 UCF50_OPTIONS = ["data.options.test_groups=[3]", "data.options.val_groups=[4]"]
 CREMA_D_OPTIONS = ["data.options.test_actors=[1002]", "data.class_names=[ANG,HAP,SAD]"]
+
+
+def _face_clip(i: int) -> np.ndarray:
+    """The astronaut moving over a 320 x 240 frame, on a background grey that tells clips
+    apart."""
+    return face_frames(height=240, width=320, photo=224, background=40 + 12 * (i % 12))[0]
 
 
 def _trees(base: Path) -> dict[str, tuple[Path, dict[str, int]]]:
@@ -35,7 +53,8 @@ def _trees(base: Path) -> dict[str, tuple[Path, dict[str, int]]]:
             (("train", 4), ("val", 2), ("test", 2)) for i in range(n)]  # fmt: skip
     trees = {
         "ucf50_video": (ucf50, ucf50_tree(ucf50, ["Basketball", "Biking"], [1, 2, 3, 4])),
-        "cremad_video": (crema, crema_d_tree(crema, range(1001, 1006), ["ANG", "HAP", "SAD"])),
+        "cremad_video": (crema, crema_d_tree(crema, range(1001, 1006), ["ANG", "HAP", "SAD"],
+                                             make=_face_clip)),  # fmt: skip
         "birds_video": (birds, birds_tree(birds, rows + [("corrupt", "fall", "train")])),
     }
     # BIRDS bad files: a clip that does not decode, an annotated clip without a video, a stray file
@@ -43,6 +62,8 @@ def _trees(base: Path) -> dict[str, tuple[Path, dict[str, int]]]:
     with (birds / "annotations.csv").open("a") as f:
         f.write("lost,fall,train,s0\n")
     (birds / "video" / "notes.txt").write_text("not a clip")
+    # CREMA-D: a clip without a face (face crops are on: data.on_bad_file=skip lists it)
+    write_video(crema / "1001_IEO_ANG_XX.mp4", no_face_frames(), codec="libx264")
     return trees
 
 
@@ -56,7 +77,7 @@ def studies(tmp_path_factory):
     trees = _trees(base / "data")
     extra = {
         "ucf50_video": ["study.methods=[vanilla]", *UCF50_OPTIONS],
-        "cremad_video": ["study.methods=[vanilla]", *CREMA_D_OPTIONS],
+        "cremad_video": ["study.methods=[vanilla]", "data.on_bad_file=skip", *CREMA_D_OPTIONS],
         "birds_video": ["study.methods=[et]", "data.on_bad_file=skip"],
     }
     ray.init(address="local", num_cpus=2, include_dashboard=False)
@@ -104,6 +125,19 @@ def test_trials_trained_on_the_encoded_frames(studies, experiment):
     cached = _cache(base / experiment)
     expected_frames = sample_indices(10, FRAMES).tolist()
     assert cached.video.shape[1:] == (FRAMES, 96, 96, 3)
+    if experiment == "cremad_video":  # face crops: the box cut from the native frames, resized
+        boxes = list(csv.DictReader((cached.folder / "face_boxes.csv").open()))
+        assert [b["clip_id"] for b in boxes] == list(cached.clip_ids) and len(boxes) == 15
+        _, faces = face_frames(height=240, width=320, photo=224)
+        for box, clip in zip(boxes, cached.video):
+            x0, y0, side = int(box["x0"]), int(box["y0"]), int(box["side"])
+            read = decode_clip(box["path"], FRAMES, None)
+            expected = resize_frames(crop_box(read.frames, (x0, y0, side)), 96)
+            np.testing.assert_array_equal(clip, expected)
+            for f in expected_frames:  # her face is inside the clip's box in every sampled frame
+                assert faces[f][0] >= x0 and faces[f][2] <= x0 + side, box["clip_id"]
+                assert faces[f][1] >= y0 and faces[f][3] <= y0 + side, box["clip_id"]
+        return
     for clip_id, clip in zip(cached.clip_ids, cached.video):
         assert [decoded_index(f) for f in clip] == expected_frames, clip_id
         blue = float(clip[:, :, 60:, 2].mean())  # the coloured half, upscaled from 32 to 96
@@ -128,6 +162,30 @@ def test_ucf50_groups_and_crema_d_actors_never_cross_splits(studies):
         assert {"train", "val"} <= set().union(*splits.values())
     ucf50 = _cache(base / "ucf50_video")
     assert {g for g, s in zip(ucf50.groups, ucf50.split) if s == "val"} == {"g04"}
+
+
+@pytest.mark.slow
+def test_cremad_report_carries_facial_region_trends_and_the_face_gallery(studies):
+    base, trees = studies
+    report = base / "cremad_video" / "report"
+    markdown = (report / "face_trends.md").read_text()
+    assert "SYNTHETIC" not in markdown and "## vanilla" in markdown
+    rows = list(csv.DictReader((report / "face_trends.csv").open()))
+    explainers = ["gradcam", "rollout", "rollout_grad", "tibav", "random"]
+    assert [r["explainer"] for r in rows] == ["uniform (area)"] + [e for e in explainers
+                                                                  for _ in range(3)]  # fmt: skip
+    assert [r["class"] for r in rows[1:4]] == ["ANG", "HAP", "SAD"]
+    test_clips = {r["class"]: int(r["clips"]) for r in rows[1:4]}
+    assert test_clips == {"ANG": 1, "HAP": 1, "SAD": 1}  # actor 1002's clips, one final seed
+    for r in rows:
+        shares = [float(r[k]) for k in ("eyes", "nose", "mouth", "rest")]
+        assert math.isclose(sum(shares), 1.0, abs_tol=1e-9) and min(shares) >= 0
+        assert r["synthetic"] == "False" and r["model"] == "vanilla"
+    assert (report / "face_trends_vanilla.png").stat().st_size > 0
+    assert (report / "face_maps_vanilla.png").stat().st_size > 0
+    assert (report / "face_crops.png").stat().st_size > 0
+    skipped = (report / "skipped_files.csv").read_text()
+    assert "1001_IEO_ANG_XX.mp4,no face found: " in skipped  # the faceless clip, named
 
 
 @pytest.mark.slow

@@ -124,3 +124,42 @@ def test_occlusion_curves_figure(tmp_path):
     plot_occlusion_curves({"a": curve}, tmp_path / "p.png", "t", metric="probability")
     with pytest.raises(ValueError, match="metric"):
         plot_occlusion_curves({"a": curve}, tmp_path / "q.png", metric="loss")
+
+
+def test_face_trends_on_the_synthetic_stand_in_are_produced_and_labelled_synthetic(tmp_path):
+    import csv
+
+    import yaml
+
+    from harness.config import compose, resolve_paths, trial_config
+    from harness.evaluate.trends import face_region_areas
+    from harness.models import build_model
+    from reports.trends import study_face_trends
+
+    cfg = compose("cremad_video", ["sweep=smoke", f"data.cache_dir={tmp_path / 'cache'}",
+                                   f"study.output_dir={tmp_path}"])  # fmt: skip
+    resolve_paths(cfg)
+    config = trial_config(cfg, "vanilla")
+    run = tmp_path / "run"  # a final run's folder: model.pt and config.yaml (untrained weights)
+    run.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_model(config["model"], 6, None).state_dict(), run / "model.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    paths = study_face_trends({"vanilla": [run]}, tmp_path / "report", "cremad_video: vanilla",
+                              explainers=["rollout", "random"])  # fmt: skip
+    markdown = paths["md"].read_text()
+    assert "**SYNTHETIC DATA" in markdown and "the synthetic clips hold no face" in markdown
+    assert (tmp_path / "report" / "face_trends_vanilla.png").stat().st_size > 0
+    assert (tmp_path / "report" / "face_maps_vanilla.png").stat().st_size > 0
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert {r["synthetic"] for r in rows} == {"True"} and len(rows) == 1 + 2 * 6
+    areas = face_region_areas(0.25).tolist()  # data.face_crop.margin of cremad_video
+    regions = ("eyes", "nose", "mouth", "rest")
+    assert [float(rows[0][k]) for k in regions] == pytest.approx(areas)
+    assert [r["class"] for r in rows[1:7]] == ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+    assert {int(r["clips"]) for r in rows[1:]} == {8}  # smoke: 8 test clips per class
+    for r in rows[1:]:
+        shares = [float(r[k]) for k in regions]
+        assert sum(shares) == pytest.approx(1.0) and min(shares) >= 0
+        if r["explainer"] == "random":  # 8 clips x 8 frames of uniform noise: close to the areas
+            assert shares == pytest.approx(areas, abs=0.03)

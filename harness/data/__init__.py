@@ -43,6 +43,7 @@ class Dataset:
     signal: np.ndarray | None = None  # float32 [N, L, C]
     actor_box: np.ndarray | None = None  # int16 [N, T, 4] (synthetic only)
     skipped: tuple = ()  # folders.Skipped (path, reason): files left out of a real folder
+    cache: Path | None = None  # the decode cache folder of a real video dataset (cache.py)
     signal_stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -123,8 +124,9 @@ def open_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) ->
     UCF50 or CREMA-D tree (`data.layout`, default auto-detected; see harness/data/folders.py), its
     clips decoded once (`data.num_frames` frames sampled by `data.sampling`, resized to
     `data.frame_size`) into a cache under `data.cache_dir`; its signals (BIRDS-style only) brought
-    to `data.signal_length` samples by `data.signal_policy`. Problems with the folder raise
-    `DatasetError` naming the file, before any decoding.
+    to `data.signal_length` samples by `data.signal_policy`; with `data.face_crop.enabled` each
+    clip cut to its face first (harness/data/faces.py; the synthetic data is never cropped).
+    Problems with the folder raise `DatasetError` naming the file, before any decoding.
     """
     unknown = sorted(set(inputs) - set(INPUTS))
     if unknown or not inputs:
@@ -154,6 +156,7 @@ def _open_synthetic(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
 
 def _open_folder(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
     from harness.data.cache import open_folder_dataset
+    from harness.data.faces import FaceCropSettings
     from harness.data.folders import fit_length, index_folder, read_signal
 
     options = dict(data.get("options") or {})
@@ -176,13 +179,15 @@ def _open_folder(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
             cache_root=data["cache_dir"],
             signal_length=signal_length,
             signal_policy=signal_policy,
+            face_crop=FaceCropSettings.from_config(data.get("face_crop")),
             **options,
         )
         class_names, video, signal = cached.class_names, cached.video, cached.signal
+        cache = cached.folder
         labels, split = np.asarray(cached.labels), np.asarray(cached.split)
     else:  # signals only: small files, read as they are (no decode cache needed)
         index = index_folder(data["root"], layout, **options)
-        class_names, video = index.class_names, None
+        class_names, video, cache = index.class_names, None, None
         signal = np.stack(
             [fit_length(read_signal(s.signal_path), signal_length, signal_policy)
              for s in index.samples]
@@ -197,6 +202,7 @@ def _open_folder(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
         video=video,
         signal=signal,
         skipped=index.skipped,
+        cache=cache,
     )
 
 

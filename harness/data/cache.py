@@ -11,19 +11,31 @@ array that every trial shares.
         index.csv     clip_id, label, split, group, path, signal_path (row order of the arrays)
         meta.json     settings, class names, counts per split and class, which decoder read
                       which clip, clips shorter than num_frames, dropped clips
+        face_boxes.csv   with face crops: clip_id, path, frame_width, frame_height, x0, y0,
+                      side (the clip's square box in native pixels, empty for a whole-frame
+                      clip), detected (frames whose detection joined the track), status
+                      (cropped | whole_frame)
+        face_tracks.npy  with face crops: float32 [N, num_frames, 3], the smoothed track (cx,
+                      cy, side per frame; NaN for a whole-frame clip)
 
 and returns the folder; :func:`load_video_cache` opens it (arrays memory-mapped, read-only).
 
 ``key`` = the first 16 hex digits of a SHA-256 over: the cache format version, every sample's
 (clip id, label, split, group, absolute path, size, mtime) and its signal's, the class names,
-``num_frames``, ``size``, ``sampling``, the decoder choice, the signal settings, ``on_bad_file``
-and ``key_extra`` (anything JSON-able the caller wants in the key, e.g. the layout options;
-mappings and sequences compare by content, whatever their type).  A changed, added or removed
+``num_frames``, ``size``, ``sampling``, the decoder choice, the signal settings, ``on_bad_file``,
+the face-crop settings (with the OpenCV version; none without face crops) and ``key_extra``
+(anything JSON-able the caller wants in the key, e.g. the layout options; mappings and
+sequences compare by content, whatever their type).  A changed, added or removed
 file or setting therefore gives a new folder; an existing complete folder is used as it is (no
 decoding).  Writing goes to a temporary folder next to the final one that is renamed into
 place, so readers never see a partial cache; if another process renamed its copy first, that
 copy is used.  Clips are decoded by ``workers`` threads (decord, PyAV and
 torch release the GIL), each writing its own row of the memory-mapped output.
+
+With ``face_crop`` (:class:`~harness.data.faces.FaceCropSettings`, enabled) each clip's frames are
+decoded at their native resolution, cut to the clip's square face box and resized to ``size``
+(:func:`~harness.data.faces.crop_faces`); a clip without a face is a bad file like one that does
+not decode (``on_bad_file``), or is kept whole (``face_crop.no_face="whole_frame"``).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from harness.data.atomic import atomic_folder
+from harness.data.faces import FaceCrop, FaceCropSettings, NoFaceError, crop_faces
 from harness.data.folders import (
     SPLITS,
     DatasetError,
@@ -92,6 +105,7 @@ class _Read(NamedTuple):
     backend: str
     available: int
     fallback: str | None
+    face: FaceCrop | None = None
 
 
 def _samples_and_classes(
@@ -145,6 +159,7 @@ def cache_key(
     signal_length: int | None = None,
     signal_policy: str = "resample",
     on_bad_file: str = "error",
+    face_crop: FaceCropSettings | None = None,
 ) -> str:
     """The 16-hex-digit key of a cache (see the module docstring for what goes in)."""
     rows, classes, _ = _samples_and_classes(samples, class_names)
@@ -159,6 +174,7 @@ def cache_key(
         signal_length=signal_length,
         signal_policy=signal_policy,
         on_bad_file=on_bad_file,
+        face_crop=face_crop,
     )
 
 
@@ -174,6 +190,7 @@ def _key(
     signal_length: int | None,
     signal_policy: str,
     on_bad_file: str,
+    face_crop: FaceCropSettings | None,
 ) -> str:
     material = {
         "version": CACHE_VERSION,
@@ -188,6 +205,7 @@ def _key(
         "backend": backend,
         "signal": None if signal_length is None else [int(signal_length), signal_policy],
         "on_bad_file": on_bad_file,
+        "face_crop": face_crop.key() if face_crop is not None else None,
         "key_extra": _plain(key_extra),
     }
     blob = json.dumps(material, sort_keys=True, default=str, separators=(",", ":"))
@@ -219,6 +237,7 @@ def build_video_cache(
     signal_length: int | None = None,
     signal_policy: str = "resample",
     on_bad_file: str = "error",
+    face_crop: FaceCropSettings | None = None,
     progress: Callable[[int, int, Sample], None] | None = None,
 ) -> Path:
     """Decode every sample's clip once into ``<cache_root>/<name>-<key>/`` and return that
@@ -230,6 +249,8 @@ def build_video_cache(
     length by ``signal_policy`` (see :func:`fit_length`).  ``on_bad_file``: ``"error"`` raises a
     ``ValueError`` listing every clip that failed to decode (after trying them all, unless the
     first 20 all fail); ``"skip"`` drops those clips (listed in meta.json's ``dropped``).
+    ``face_crop``: cut every clip to its face (see the module docstring; a clip without a face
+    counts as a failure, unless ``face_crop.no_face == "whole_frame"``).
     ``progress(done, total, sample)`` is called as each clip is decoded (``done`` counts up to
     ``total``)."""
     rows, classes, default_name = _samples_and_classes(samples, class_names)
@@ -242,6 +263,8 @@ def build_video_cache(
         raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if face_crop is not None and not face_crop.enabled:
+        face_crop = None
     if signal_length is not None:
         fit_length(np.zeros((1, 1), np.float32), signal_length, signal_policy)  # validates
         no_signal = [s.clip_id for s in rows if s.signal_path is None]
@@ -261,6 +284,7 @@ def build_video_cache(
         signal_length=signal_length,
         signal_policy=signal_policy,
         on_bad_file=on_bad_file,
+        face_crop=face_crop,
     )
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", name or default_name).strip("._") or "video"
     cache_root = Path(cache_root).expanduser()
@@ -282,6 +306,7 @@ def build_video_cache(
             signal_length=signal_length,
             signal_policy=signal_policy,
             on_bad_file=on_bad_file,
+            face_crop=face_crop,
             progress=progress,
             header={"key": key, "name": label, "key_extra": _plain(key_extra)},
         )
@@ -301,6 +326,7 @@ def _write(
     signal_length: int | None,
     signal_policy: str,
     on_bad_file: str,
+    face_crop: FaceCropSettings | None,
     progress: Callable[[int, int, Sample], None] | None,
     header: Mapping[str, Any],
 ) -> None:
@@ -320,11 +346,15 @@ def _write(
     )
     reads: dict[int, _Read] = {}
     failures: dict[int, str] = {}
+    no_face: set[int] = set()  # the failures that are clips without a face
 
     def work(i: int, out: np.ndarray = video) -> _Read:
-        read = decode_clip(rows[i].path, num_frames, size, sampling, backend=backend)
-        out[i] = read.frames  # each worker writes its own row of the memory map
-        return _Read(read.backend, read.available, read.fallback)
+        native = face_crop is not None
+        read = decode_clip(rows[i].path, num_frames, None if native else size, sampling,
+                           backend=backend)  # fmt: skip
+        face = crop_faces(read.frames, face_crop, size, str(rows[i].path)) if native else None
+        out[i] = read.frames if face is None else face.frames  # each worker writes its own row
+        return _Read(read.backend, read.available, read.fallback, face)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video-cache")
     try:
@@ -335,6 +365,8 @@ def _write(
                 read = future.result()
             except (ValueError, OSError) as exc:
                 failures[i] = str(exc)
+                if isinstance(exc, NoFaceError):
+                    no_face.add(i)
                 if not reads and len(failures) >= _ABORT_AFTER:
                     for f in futures:
                         f.cancel()
@@ -356,9 +388,14 @@ def _write(
         if len(failures) + len(reads) < n:
             aborted = f" (stopped after the first {len(failures)} clips all failed)"
         hint = "" if on_bad_file == "skip" else "; on_bad_file='skip' skips and lists them"
+        if no_face:
+            hint += "; face_crop.no_face='whole_frame' keeps a clip without a face uncropped"
+        broken = len(failures) - len(no_face)
+        what = "could not be decoded" if not no_face else "have no face" if not broken else (
+            f"could not be used ({broken} not decodable, {len(no_face)} without a face)"
+        )  # fmt: skip
         raise ValueError(
-            f"{len(failures)} of {n} clips could not be decoded{aborted}{hint}:\n"
-            + "\n".join(listed)
+            f"{len(failures)} of {n} clips {what}{aborted}{hint}:\n" + "\n".join(listed)
         )
     keep = [i for i in range(n) if i in reads]
     if failures:
@@ -413,12 +450,42 @@ def _write(
             if reads[i].available < num_frames
         ],
         "dropped": [
-            {"clip_id": rows[i].clip_id, "path": str(rows[i].path), "reason": msg}
+            {"clip_id": rows[i].clip_id, "path": str(rows[i].path), "reason": msg,
+             "kind": "no_face" if i in no_face else "decode"}
             for i, msg in sorted(failures.items())
-        ],
+        ],  # fmt: skip
+        "face_crop": None,
         "decode_seconds": round(time.time() - started, 3),
     }
+    if face_crop is not None:
+        faces = [reads[i].face for i in keep]
+        meta["face_crop"] = {
+            **face_crop.key(),
+            "cropped": sum(f.box is not None for f in faces),
+            "whole_frame": [rows[i].clip_id for i, f in zip(keep, faces) if f.box is None],
+            "dropped_no_face": len(no_face),
+        }
+        _write_faces(tmp, kept_rows, faces, num_frames)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+FACE_COLUMNS = ("clip_id", "path", "frame_width", "frame_height", "x0", "y0", "side", "detected",
+                "status")  # fmt: skip
+
+
+def _write_faces(tmp: Path, rows: list[Sample], faces: list[FaceCrop], num_frames: int) -> None:
+    """face_boxes.csv and face_tracks.npy (see the module docstring), in the arrays' row order."""
+    tracks = np.full((len(rows), num_frames, 3), np.nan, dtype=np.float32)
+    with open(tmp / "face_boxes.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FACE_COLUMNS)
+        for j, (s, face) in enumerate(zip(rows, faces)):
+            box = face.box or ("", "", "")
+            status = "cropped" if face.box is not None else "whole_frame"
+            writer.writerow([s.clip_id, s.path, *face.frame_size, *box, face.detected, status])
+            if face.track is not None:
+                tracks[j] = face.track
+    np.save(tmp / "face_tracks.npy", tracks)
 
 
 def _compact(path: Path, keep: list[int]) -> None:
@@ -474,6 +541,7 @@ def open_folder_dataset(
     backend: str = "auto",
     signal_length: int | None = None,
     signal_policy: str = "resample",
+    face_crop: FaceCropSettings | None = None,
     progress: Callable[[int, int, Sample], None] | None = None,
     **layout_options: Any,
 ) -> tuple[DatasetIndex, CachedVideo]:
@@ -483,9 +551,10 @@ def open_folder_dataset(
     key.
 
     ``on_bad_file`` is the policy for the indexer's bad files AND for clips that fail to
-    decode.  The returned index describes the cache: its samples are the cached clips
-    (in the cache's row order) and its ``skipped`` lists every file left out, the clips that did
-    not decode included (reason ``"cannot decode: ..."``)."""
+    decode (or, with ``face_crop``, have no face).  The returned index describes the cache: its
+    samples are the cached clips (in the cache's row order) and its ``skipped`` lists every file
+    left out, the clips that did not decode included (reason ``"cannot decode: ..."``, or
+    ``"no face found: ..."``)."""
     index = index_folder(root, layout, on_bad_file=on_bad_file, **layout_options)
     extra = {"layout": index.layout, "options": layout_options}
     folder = build_video_cache(
@@ -500,6 +569,7 @@ def open_folder_dataset(
         on_bad_file=on_bad_file,
         signal_length=signal_length,
         signal_policy=signal_policy,
+        face_crop=face_crop,
         progress=progress,
     )
     cached = load_video_cache(folder)
@@ -512,9 +582,8 @@ def open_folder_dataset(
         )
     if dropped:
         kept = tuple(s for s in index.samples if s.clip_id not in dropped)
-        lost = tuple(
-            Skipped(Path(d["path"]), f"cannot decode: {_why(d)}") for d in dropped.values()
-        )
+        lost = tuple(Skipped(Path(d["path"]), f"{_WHAT[d.get('kind', 'decode')]}: {_why(d)}")
+                     for d in dropped.values())  # fmt: skip
         index = replace(
             index,
             samples=kept,
@@ -523,6 +592,10 @@ def open_folder_dataset(
     return index, cached
 
 
+_WHAT = {"decode": "cannot decode", "no_face": "no face found"}
+
+
 def _why(dropped: Mapping[str, str]) -> str:
-    """The decoder's reason without the 'cannot decode video <path>: ' prefix."""
+    """The reason without its 'cannot decode video <path>: ' (or 'no face found in <path>: ')
+    prefix."""
     return dropped["reason"].split(f"{dropped['path']}: ", 1)[-1]

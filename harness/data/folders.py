@@ -42,7 +42,11 @@ default all six).  Splits are by ACTOR: ``test_actors`` / ``val_actors`` lists, 
 deterministic fractions (``test_fraction`` 0.2, ``val_fraction`` 0.1) of the sorted actor ids,
 spread evenly over the sorted order (no seed): the test actors are the ones at positions
 ``floor((j + 0.5) * n / n_test)``, ``n_test = test_fraction * n`` rounded half up (at least 1),
-the validation actors likewise among the remaining ones.
+the validation actors likewise among the remaining ones.  ``split_seed`` (an integer) draws
+the fractions at random instead, as the 001 seed's 90/5/5 split did: the actor ids are
+shuffled by ``numpy.random.default_rng(split_seed).permutation`` and the first ``n_test``
+become test, the next ``n_val`` validation (``test_fraction=0.05, val_fraction=0.05,
+split_seed=0``: the seed's split; its seed is not known).
 
 **Bad files** (``on_bad_file``): a video/signal file missing for an annotated clip, an empty
 (0-byte) file, an ambiguous clip (two files with the same stem), a file name that does not
@@ -807,6 +811,7 @@ def index_crema_d(
     val_actors: Iterable[str | int] | None = None,
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
+    split_seed: int | None = None,
     class_names: Sequence[str] | None = None,
     on_bad_file: str = "error",
 ) -> DatasetIndex:
@@ -826,6 +831,9 @@ def index_crema_d(
     for name, frac in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 <= frac < 1:
             raise ValueError(f"{name} must be in [0, 1), got {frac!r}")
+    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int)
+                                   or split_seed < 0):  # fmt: skip
+        raise ValueError(f"split_seed must be null or an integer >= 0, got {split_seed!r}")
     test_list, val_list = (
         _actor_list("test_actors", test_actors),
         _actor_list("val_actors", val_actors),
@@ -891,12 +899,16 @@ def index_crema_d(
             raise DatasetError(
                 f"{root}: {name} {absent} have no clips ({len(actors)} actors found)"
             )
+    order = actors
+    if split_seed is not None:
+        order = [actors[i] for i in np.random.default_rng(split_seed).permutation(len(actors))]
+    pick = _spread if split_seed is None else lambda items, count: list(items[:count])
     if test_list is None:
-        rest = [a for a in actors if a not in set(val_list or ())]
-        test_list = tuple(_spread(rest, _fraction_count(test_fraction, len(actors))))
+        rest = [a for a in order if a not in set(val_list or ())]
+        test_list = tuple(pick(rest, _fraction_count(test_fraction, len(actors))))
     if val_list is None:
-        rest = [a for a in actors if a not in set(test_list)]
-        val_list = tuple(_spread(rest, _fraction_count(val_fraction, len(actors))))
+        rest = [a for a in order if a not in set(test_list)]
+        val_list = tuple(pick(rest, _fraction_count(val_fraction, len(actors))))
     test_set, val_set = set(test_list), set(val_list)
     samples = []
     for stem, path in clips.items():
@@ -905,7 +917,7 @@ def index_crema_d(
         samples.append(Sample(stem, parsed[stem]["emotion"], split, path, None, actor))
     how = (
         f"{len(actors)} actors: test {sorted(test_set)}, val {sorted(val_set)} "
-        f"(test_fraction={test_fraction}, val_fraction={val_fraction})"
+        f"(test_fraction={test_fraction}, val_fraction={val_fraction}, split_seed={split_seed})"
     )
     _check_splits(str(root), samples, how, len(bad.bad))
     _check_groups_disjoint(str(root), samples, "actor(s)")

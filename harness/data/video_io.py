@@ -23,9 +23,11 @@
   kept: a 320 x 240 frame is squeezed horizontally), bilinear with antialiasing (``torch``'s
   ``interpolate(mode="bilinear", antialias=True)``, the PIL-style filter: an area-like average
   when shrinking, plain bilinear when enlarging), rounded to uint8.  Frames already of the
-  target size are returned unchanged.  We decode at the native resolution and resize ourselves
-  (rather than ask decord to scale while decoding) so that every decoder gives the same pixels
-  (decord's and PyAV's RGB frames agree exactly on our test files).  decord 0.6 fails to read
+  target size are returned unchanged.  ``size=None`` keeps the native resolution (the face
+  crops of :mod:`harness.data.faces` are cut from it, then resized the same way).  We decode
+  at the native resolution and resize ourselves (rather than ask decord to scale while
+  decoding) so that every decoder gives the same pixels (decord's and PyAV's RGB frames agree
+  exactly on our test files).  decord 0.6 fails to read
   some native frame sizes (e.g. 48 x 32: "The size must exactly match"): those files are read
   by PyAV.
 * **Decoders**: decord (``decord.VideoReader`` + ``get_batch``) when it is installed, PyAV
@@ -78,7 +80,7 @@ class ClipRead:
     ``fallback`` why decord was not used (``None`` when it was, or when PyAV was requested).
     """
 
-    frames: np.ndarray  # uint8 [T, size, size, 3]
+    frames: np.ndarray  # uint8 [T, size, size, 3] ([T, H, W, 3] native with size=None)
     indices: np.ndarray  # int64 [T]
     available: int
     backend: str
@@ -153,21 +155,22 @@ def read_clip(
 def decode_clip(
     path: str | os.PathLike,
     num_frames: int,
-    size: int,
+    size: int | None,
     sampling: str = "uniform",
     *,
     backend: str = "auto",
 ) -> ClipRead:
-    """:func:`read_clip` with the details (indices, frame count, decoder used)."""
+    """:func:`read_clip` with the details (indices, frame count, decoder used); ``size=None``:
+    the frames at their native resolution."""
     path = Path(path)
     _check_sampling(sampling)
     if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-    if isinstance(size, bool) or int(size) != size or size < 1:
-        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if size is not None and (isinstance(size, bool) or int(size) != size or size < 1):
+        raise ValueError(f"size must be an integer >= 1 or None, got {size!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    num_frames, size = int(num_frames), int(size)
+    num_frames, size = int(num_frames), None if size is None else int(size)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, f"video file not found: {path}", str(path))
     if not path.is_file():
@@ -227,6 +230,11 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _fit(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """Frames resized to ``size`` (native, as decoded, with ``size=None``)."""
+    return np.ascontiguousarray(frames) if size is None else resize_frames(frames, size)
+
+
 # ----------------------------------------------------------------------------- decord
 
 
@@ -254,7 +262,7 @@ def _decord_decodable_length(decord, path: Path, limit: int) -> int:
 
 
 def _read_decord(
-    decord, path: Path, num_frames: int, size: int, sampling: str
+    decord, path: Path, num_frames: int, size: int | None, sampling: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     available = len(vr)
@@ -274,7 +282,7 @@ def _read_decord(
         frames = _to_numpy(vr.get_batch(indices.tolist()))
     if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise ValueError(f"decord returned frames of shape {frames.shape}")
-    return resize_frames(frames, size), indices, available
+    return _fit(frames, size), indices, available
 
 
 # ----------------------------------------------------------------------------- PyAV
@@ -290,7 +298,9 @@ def _pyav_count_packets(path: Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 
-def _pyav_decode(path: Path, wanted: set[int], size: int) -> tuple[dict[int, np.ndarray], int]:
+def _pyav_decode(
+    path: Path, wanted: set[int], size: int | None
+) -> tuple[dict[int, np.ndarray], int]:
     """Decode sequentially; convert (and resize) only the frames in ``wanted``.  Returns the
     converted frames and how many frames decoded (a decoding error ends the stream there)."""
     import av
@@ -306,7 +316,7 @@ def _pyav_decode(path: Path, wanted: set[int], size: int) -> tuple[dict[int, np.
             for frame in container.decode(stream):
                 if count in wanted:
                     rgb = frame.to_ndarray(format="rgb24")
-                    frames[count] = resize_frames(rgb[None], size)[0]
+                    frames[count] = _fit(rgb[None], size)[0]
                 count += 1
         except av.error.FFmpegError:
             if count == 0:
@@ -316,7 +326,7 @@ def _pyav_decode(path: Path, wanted: set[int], size: int) -> tuple[dict[int, np.
 
 
 def _read_pyav(
-    path: Path, num_frames: int, size: int, sampling: str
+    path: Path, num_frames: int, size: int | None, sampling: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
     available = _pyav_count_packets(path)
     frames: dict[int, np.ndarray] = {}

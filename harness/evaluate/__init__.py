@@ -152,6 +152,30 @@ def evaluate_occlusion(
     )
 
 
+def explain_split(
+    model: nn.Module,
+    method: TrainingMethod,
+    dataset: Dataset,
+    indices: np.ndarray,
+    explainers: Sequence[str],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    *,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Per explainer, the video relevance [N, T, h, w] (on the CPU, rows in `indices`' sorted
+    order, as `iterate_batches` yields them) of the predicted class on the method's view of each
+    whole clip; `random` from a generator seeded with `seed`. No occlusion (for trends)."""
+    model.eval()
+    maps: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
+    for name in explainers:
+        generator = torch.Generator().manual_seed(int(seed)) if name == "random" else None
+        for batch in iterate_batches(dataset, np.sort(indices), batch_size, device=device):
+            relevance = method.explain(model, batch.inputs, explainer=name, generator=generator)
+            maps[name].append(relevance["video"].detach().cpu())
+    return {name: torch.cat(parts) for name, parts in maps.items()}
+
+
 def method_for(config: Mapping[str, Any], model: nn.Module) -> TrainingMethod:
     """The training method of a trial config, for `model`."""
     return build_method(

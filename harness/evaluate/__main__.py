@@ -24,6 +24,9 @@ parameters (k, heads). Output (default <model folder>/evaluation; for runs:/ out
   occlusion_curves.csv    every curve point: explainer, direction, level, accuracy, probability
   trends.md|.csv          per explainer, per class: share of relevance per region and per frame
   trends/<explainer>.png  per class: the mean map of each frame, and the frame shares
+  face_trends.md|.csv|_<method>.png, face_maps_<method>.png   face-cropped data
+                          (data.face_crop.enabled): per explainer, per class, the share of
+                          relevance on the eyes, nose, mouth and rest; the class-mean maps
   galleries/<explainer>.png, galleries/<explainer>_clip<i>.gif   the first evaluation.gallery_clips
 """
 
@@ -241,7 +244,14 @@ def evaluate_explainers(
     from harness.train import resolve_device, seed_everything
     from reports.curves import plot_occlusion_curves
     from reports.gallery import save_clip_gif, save_gallery
-    from reports.trends import plot_class_trends, trend_table, write_trends
+    from reports.trends import (
+        face_trend_table,
+        plot_class_trends,
+        plot_face_maps,
+        trend_table,
+        write_face_trends,
+        write_trends,
+    )
 
     train_cfg, eval_cfg = config["train"], config["evaluation"]
     if train_cfg.get("threads"):
@@ -277,7 +287,7 @@ def evaluate_explainers(
         with torch.enable_grad():
             predicted = method.predict(model, gallery.inputs).argmax(1).cpu()
     names = dataset.class_names
-    rows, curves, tables = [], {}, {}
+    rows, curves, tables, class_maps = [], {}, {}, {}
     for i, name in enumerate(explainers):
         seed_everything(seed)
         started = time.perf_counter()
@@ -297,6 +307,7 @@ def evaluate_explainers(
         maps = class_mean_maps(result.relevance["video"], labels, dataset.num_classes)
         counts = torch.bincount(labels, minlength=dataset.num_classes).tolist()
         tables[name] = trend_table(maps, names, counts, regions)
+        class_maps[name] = maps
         plot_class_trends(
             maps, names, output / "trends" / f"{name}.png",
             f"{name}: class-mean relevance ({title})", counts,
@@ -337,6 +348,14 @@ def evaluate_explainers(
         notes={"regions": f"{regions[0]} x {regions[1]} grid over the patch grid",
                "explained class": "the predicted one; clips grouped by their true class"},
     )  # fmt: skip
+    face_crop = config["data"].get("face_crop") or {}
+    if face_crop.get("enabled"):
+        margin = float(face_crop.get("margin", 0.0))
+        face = face_trend_table(class_maps, names, counts, margin)
+        plot_face_maps(class_maps, names, margin, output / f"face_maps_{method.name}.png", title)
+        notes = {"source": source or str(weights.parent)}
+        write_face_trends({method.name: face}, output, f"Facial-region trends: {title}",
+                          synthetic=synthetic, notes=notes)  # fmt: skip
     return table, markdown
 
 

@@ -15,6 +15,27 @@ Pure functions of tensors:
   a centre on a boundary goes to the lower/right region. Works for any h, w (e.g. h = 3, rows = 2:
   rows 0 | 1, 2).
 * ``frame_shares(maps [K, T, h, w]) -> [K, T]``: the share of each class's relevance per frame.
+* ``face_region_shares(maps [K, T, h, w], margin) -> [K, 4]``: on face crops (harness/data/
+  faces.py), the share of each class's relevance on the eyes, the nose, the mouth and the rest of
+  the crop (``FACE_REGIONS``, below): the 001 seed's per-emotion reading of facial regions.
+
+**Facial regions.** The 001 seed named regions (eyes, nose, mouth) without saying how it drew
+them; no landmark model ships in a package we can use (dlib's and MediaPipe's models are separate
+downloads), so the regions here are fixed boxes of the face box, ``FACE_REGIONS`` as (x0, y0, x1,
+y1) in units of the detector's square face box (0, 0 its top-left corner, 1, 1 its bottom-right):
+
+* eyes (0.10, 0.20) - (0.90, 0.50), nose (0.30, 0.50) - (0.70, 0.68), mouth (0.20, 0.68) - (0.80,
+  0.95); ``rest``: everything else of the crop (forehead, cheeks, the margin around the box).
+
+They were read off OpenCV's frontal-face Haar box, which runs from mid-forehead to just below the
+lower lip: on scikit-image's astronaut photograph OpenCV's own eye cascade finds the eyes at
+x 0.11-0.43 and 0.59-0.89, y 0.19-0.54 of the box, and its smile cascade the mouth at x 0.18-0.81,
+y 0.63-0.95 (tests/test_faces.py checks the eye and mouth centres fall in their regions). The crop
+is the face box widened by ``margin`` x side on each side (one box per clip: a moving face is only
+approximately where the regions assume). Relevance is taken as constant over each patch (the map
+upsampled nearest-neighbour to the crop) and integrated over each region, so a patch that straddles
+a border gives each region its area's share. ``face_region_areas(margin)`` are the shares a uniform
+map gets: the floor a region's share is read against.
 
 Shares are fractions of each map's total, so they sum to 1 per class (NaN for empty classes).
 """
@@ -24,7 +45,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["class_mean_maps", "frame_shares", "parse_regions", "region_names", "region_shares"]
+__all__ = [
+    "FACE_REGIONS",
+    "FACE_REGION_NAMES",
+    "class_mean_maps",
+    "face_region_areas",
+    "face_region_shares",
+    "face_region_weights",
+    "frame_shares",
+    "parse_regions",
+    "region_names",
+    "region_shares",
+]
+
+#: Facial regions, (x0, y0, x1, y1) in units of the detector's face box (module docstring).
+FACE_REGIONS: dict[str, tuple[float, float, float, float]] = {
+    "eyes": (0.10, 0.20, 0.90, 0.50),
+    "nose": (0.30, 0.50, 0.70, 0.68),
+    "mouth": (0.20, 0.68, 0.80, 0.95),
+}
+FACE_REGION_NAMES: tuple[str, ...] = (*FACE_REGIONS, "rest")
 
 
 def class_mean_maps(relevance: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -94,3 +134,44 @@ def region_names(regions: tuple[int, int]) -> list[str]:
         ]
         return names
     return [f"r{r}c{c}" for r in range(rows) for c in range(cols)]
+
+
+def _overlap(cells: int, lo: float, hi: float) -> Tensor:
+    """[cells]: the share of each of `cells` equal cells of [0, 1] that lies in [lo, hi]."""
+    edges = torch.arange(cells + 1, dtype=torch.float64) / cells
+    inside = torch.minimum(edges[1:], torch.tensor(hi)) - torch.maximum(
+        edges[:-1], torch.tensor(lo)
+    )
+    return inside.clamp(min=0) * cells
+
+
+def face_region_weights(h: int, w: int, margin: float) -> Tensor:
+    """float64 [4, h, w]: the share of each patch cell's area in the eyes, nose, mouth and rest
+    of a face crop of margin `margin` (each cell's shares sum to 1)."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    span = 1 + 2 * float(margin)  # the crop, in face-box units, runs from -margin to 1 + margin
+
+    def crop(u: float) -> float:
+        return (u + margin) / span
+
+    weights = [
+        _overlap(h, crop(y0), crop(y1))[:, None] * _overlap(w, crop(x0), crop(x1))[None, :]
+        for x0, y0, x1, y1 in FACE_REGIONS.values()
+    ]
+    weights.append(1 - sum(weights))
+    return torch.stack(weights)
+
+
+def face_region_areas(margin: float) -> Tensor:
+    """float64 [4]: each region's share of the crop's area (what a uniform map puts there)."""
+    return face_region_weights(1, 1, margin)[:, 0, 0]
+
+
+def face_region_shares(maps: Tensor, margin: float) -> Tensor:
+    """[K, 4]: each map's share of relevance on the eyes, nose, mouth and rest of a face crop of
+    margin `margin` (maps [K, T, h, w] over the crop's patch grid, summed over frames)."""
+    K, _, h, w = maps.shape
+    weights = face_region_weights(h, w, margin).to(maps)
+    per_cell = maps.sum(1)  # over frames
+    return torch.einsum("khw,rhw->kr", per_cell, weights) / per_cell.sum((1, 2))[:, None]
