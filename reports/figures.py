@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 PAPER_WIDTH_IN = 7.0  # a two-column paper's full text width
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9,
-         "svg.hashsalt": "et-harness"}  # fmt: skip  # hashsalt: the same figure, the same SVG
+         "svg.hashsalt": "et-harness", "svg.fonttype": "none"}  # fmt: skip
+# svg: text kept as text (editable, searchable); the same figure gives the same file
 SYNTHETIC_STAMP = "SYNTHETIC DATA"
 F = TypeVar("F", bound=Callable)
 

@@ -137,11 +137,12 @@ def _times(searches: dict[str, Search]) -> None:
 
 
 def _final_runs(state: StudyState) -> list[FinalRun]:
-    from harness.tracking import read_stage
+    if "final" not in state.stages:
+        return []
+    from harness.tracking import read_stage  # Ray and MLflow: only when there is a final stage
 
-    records = read_stage(state, "final") if "final" in state.stages else None
     runs = []
-    for record in records or []:
+    for record in read_stage(state, "final") or []:
         if record.status != "TERMINATED" or not record.results:
             continue
         last = record.results[-1]

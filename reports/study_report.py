@@ -70,6 +70,9 @@ def _mlflow_runs(study: StudyFolder) -> pd.DataFrame | str:
     """The study's child runs in its MLflow store (stage, method, seed, trial, run id, status), or
     why they could not be listed."""
     state = study.state
+    store = state.tracking_uri.removeprefix("sqlite:///")
+    if store != state.tracking_uri and not Path(store).is_file():
+        return f"no MLflow store at {state.tracking_uri}"
     try:
         from mlflow import MlflowClient
 
