@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from scipy import stats
 
 from harness.search_space import Parameter
@@ -173,7 +173,7 @@ def plot_knobs(search: Search, metric: str, folder: Path, synthetic: bool) -> li
             choices = [_fmt(c) for c in param.spec["choices"]]
             spread = ((used["number"].to_numpy() * 0.618) % 1 - 0.5) * 0.3  # fixed, no overlap
             x = np.array([choices.index(_fmt(v)) for v in values], dtype=float) + spread
-            ax.set_xticks(range(len(choices)), choices, rotation=25, ha="right",
+            ax.set_xticks(range(len(choices)), choices, rotation=30, ha="right",
                           rotation_mode="anchor")  # fmt: skip
             ax.set_xlim(-0.5, len(choices) - 0.5)
         _draw_states(ax, x, used, ylim[0] + 0.01)
@@ -182,7 +182,7 @@ def plot_knobs(search: Search, metric: str, folder: Path, synthetic: bool) -> li
             ax.scatter([x[j]], [best["value"]], marker="*", s=110, color="tab:green", zorder=4,
                        label="best")  # fmt: skip
         skipped = len(trials) - len(used)
-        ax.set_title(param.path + (f" ({skipped} trials n/a)" if skipped else ""))
+        ax.set_title(param.path + (f" (n/a: {skipped})" if skipped else ""))
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(params) :]:
         ax.set_axis_off()
@@ -216,6 +216,8 @@ def plot_history(searches: Mapping[str, Search], metric: str, folder: Path,
                 order = complete[np.argsort(x[complete], kind="stable")]
                 best = np.maximum.accumulate(trials["value"].to_numpy(float)[order])
                 ax.step(x[order], best, where="post", color="tab:green", label="best so far")
+            if column == "number":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if not len(trials):
                 ax.text(0.5, 0.5, "no trial yet", ha="center", va="center",
                         transform=ax.transAxes)  # fmt: skip
