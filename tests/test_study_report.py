@@ -142,3 +142,31 @@ def test_cli_rebuilds_a_partial_study(tmp_path, capsys):
     assert "partial study" in out and (tmp_path / "report" / "index.html").is_file()
     assert main([str(tmp_path), "--explainers", "nope"]) == 2
     assert "unknown explainer 'nope'" in capsys.readouterr().err
+
+
+def test_final_accuracy_intervals_from_the_comparison_table_or_the_seeds(tmp_path):
+    from reports.final_runs import accuracy_intervals, plot_final_accuracy
+    from reports.study_folder import FinalRun, StudyFolder
+
+    folder = load_study_folder(_study_folder(tmp_path))
+    accuracies = {"vanilla": [0.50, 0.55, 0.61], "ifi": [0.40], "et": [0.70, 0.74, 0.72]}
+    finals = [FinalRun(m, seed, {"test_accuracy": a}, None)
+              for m, values in accuracies.items() for seed, a in enumerate(values)]  # fmt: skip
+    study = StudyFolder(folder.folder, folder.state, folder.methods, folder.searches, finals, [])
+    table = accuracy_intervals(study).set_index("method")
+    values = np.array(accuracies["et"])
+    half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / math.sqrt(3)
+    assert table.loc["et", "low"] == pytest.approx(values.mean() - half)
+    assert table.loc["et", "interval"] == "95% Student-t over seeds"
+    assert math.isnan(table.loc["ifi", "low"]) and table.loc["ifi", "mean"] == 0.40
+    # a comparison table with an interval (e.g. a bootstrap's) is used as it is
+    study.tables["comparison"] = pd.DataFrame({
+        "method": ["vanilla", "ifi", "et"], "test_acc_mean": [0.553, 0.40, 0.72],
+        "test_acc_ci_low": [0.5, 0.3, 0.69], "test_acc_ci_high": [0.6, 0.5, 0.75],
+    })  # fmt: skip
+    table = accuracy_intervals(study).set_index("method")
+    assert (table.loc["ifi", "low"], table.loc["ifi", "high"]) == (0.3, 0.5)
+    assert table.loc["et", "seeds"] == accuracies["et"]
+    paths = plot_final_accuracy(table.reset_index(), tmp_path / "figures", synthetic=True)
+    svg = paths[1].read_text()
+    assert "test_acc_ci_low" in svg and "SYNTHETIC DATA" in svg and "vanilla" in svg
