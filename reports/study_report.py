@@ -222,6 +222,46 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
     return figures
 
 
+def _knob_tables(study: StudyFolder, report: Path, importances, title: str) -> list[str]:
+    """knobs.csv|md and importance.csv in `report`; returns the page's knob-table parts."""
+    knobs = knob_table(study.searches, importances)
+    knobs.to_csv(report / "knobs.csv", index=False)
+    _importance_table(importances).to_csv(report / "importance.csv", index=False)
+    markdown = [f"# What each knob did: {title}", "", KNOB_NOTE, ""]
+    parts = [f"<p class='note'>{esc(KNOB_NOTE)}</p>"]
+    for method in study.methods:
+        part = knobs[knobs["method"] == method].drop(columns=["method"])
+        parts.append(f"<h3>{esc(method)}</h3>" + table_html(part))
+        markdown += [f"## {method}", "", part.to_markdown(index=False, floatfmt=".3f"), ""]
+    banner = "**SYNTHETIC DATA: built-in generator, not a real dataset.**\n\n"
+    (report / "knobs.md").write_text((banner if study.synthetic else "") + "\n".join(markdown))
+    return parts
+
+
+def _search_sections(page: Page, study: StudyFolder, report: Path, importances) -> list[Path]:
+    figures_dir, synthetic = report / "figures", study.synthetic
+    history = plot_history(study.searches, study.metric, figures_dir, synthetic)
+    importance = plot_importances(importances, figures_dir, synthetic)
+    knobs = {m: plot_knobs(s, study.metric, figures_dir, synthetic)
+             for m, s in study.searches.items()}  # fmt: skip
+    page.add(
+        "Searches",
+        image_html(_rel(history[0], report), "each trial and the best so far, by trial order "
+                   "and by time"),
+        *(image_html(_rel(paths[0], report), f"{m}: {study.metric} against each knob")
+          for m, paths in knobs.items()),
+    )  # fmt: skip
+    page.add(
+        "Hyperparameter importance",
+        image_html(_rel(importance[0], report), " and ".join(EVALUATORS)),
+        "<p class='note'>fANOVA: the share of the metric's variance over the searched space each "
+        "knob explains; PED-ANOVA: how much each knob's values among the top trials differ from "
+        "all trials. Complete trials only; knobs not sampled by every complete trial are left "
+        "out (see the notes).</p>", table_html(_importance_table(importances)),
+    )  # fmt: skip
+    return history + importance + [p for paths in knobs.values() for p in paths]
+
+
 def build_report(study_dir: Path | str, *, explain: bool = True,
                  explainers: Sequence[str] | None = None) -> Report:  # fmt: skip
     """Write the report of the study in `study_dir` (see the module docstring). `explain`: put the
@@ -230,26 +270,11 @@ def build_report(study_dir: Path | str, *, explain: bool = True,
     is not a study or no stage has finished."""
     study = load_study_folder(study_dir)
     report = study.folder / "report"
-    figures_dir = report / "figures"
     report.mkdir(exist_ok=True)
-    synthetic = study.synthetic
     title = f"Study report: {study.config.get('experiment', study.folder.name)}"
     importances = study_importances(study.searches)
-    knobs = knob_table(study.searches, importances)
-    knobs.to_csv(report / "knobs.csv", index=False)
-    importance = _importance_table(importances)
-    importance.to_csv(report / "importance.csv", index=False)
-    markdown = [f"# What each knob did: {title}", "", KNOB_NOTE, ""]
-    knob_parts = [f"<p class='note'>{esc(KNOB_NOTE)}</p>"]
-    for method in study.methods:
-        part = knobs[knobs["method"] == method].drop(columns=["method"])
-        knob_parts.append(f"<h3>{esc(method)}</h3>" + table_html(part))
-        markdown += [f"## {method}", "", part.to_markdown(index=False, floatfmt=".3f"), ""]
-    (report / "knobs.md").write_text(
-        ("**SYNTHETIC DATA: built-in generator, not a real dataset.**\n\n" if synthetic else "")
-        + "\n".join(markdown)
-    )
-    page = Page(title, synthetic)
+    knob_parts = _knob_tables(study, report, importances, title)
+    page = Page(title, study.synthetic)
     if study.missing_stages:
         page.warnings.append(
             "Partial study: these stages have not finished: "
@@ -262,31 +287,11 @@ def build_report(study_dir: Path | str, *, explain: bool = True,
     figures: list[Path] = []
     intervals = accuracy_intervals(study)
     if len(intervals):
-        figures += plot_final_accuracy(intervals, figures_dir, synthetic)
-        page.add("Final accuracies", image_html(_rel(figures[-2], report),
+        figures += plot_final_accuracy(intervals, report / "figures", study.synthetic)
+        page.add("Final accuracies", image_html(_rel(figures[0], report),
                  "each seed's test accuracy, the mean and its interval"))  # fmt: skip
     figures += _model_sections(page, study, report, explain, explainers)
-
-    history = plot_history(study.searches, study.metric, figures_dir, synthetic)
-    imp_figure = plot_importances(importances, figures_dir, synthetic)
-    knob_figures = {m: plot_knobs(s, study.metric, figures_dir, synthetic)
-                    for m, s in study.searches.items()}  # fmt: skip
-    figures += history + imp_figure + [p for paths in knob_figures.values() for p in paths]
-    page.add(
-        "Searches",
-        image_html(_rel(history[0], report), "each trial and the best so far, by trial order "
-                   "and by time"),
-        *(image_html(_rel(paths[0], report), f"{m}: {study.metric} against each knob")
-          for m, paths in knob_figures.items()),
-    )  # fmt: skip
-    page.add(
-        "Hyperparameter importance",
-        image_html(_rel(imp_figure[0], report), " and ".join(EVALUATORS)),
-        "<p class='note'>fANOVA: the share of the metric's variance over the searched space each "
-        "knob explains; PED-ANOVA: how much each knob's values among the top trials differ from "
-        "all trials. Complete trials only; knobs not sampled by every complete trial are left "
-        "out (see the notes).</p>", table_html(importance),
-    )  # fmt: skip
+    figures += _search_sections(page, study, report, importances)
     page.add("What each knob did", *knob_parts)
     page.add("Failed trials and skipped files", _failures(study))
     page.add("Exports and MLflow runs", _exports(study))
