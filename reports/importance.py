@@ -55,7 +55,10 @@ def param_importances(search: Search, evaluator: str) -> Importance:
 
     result = Importance(search.method, evaluator)
     complete = len(search.complete)
-    if search.study is None or complete < MIN_COMPLETE:
+    if search.study is None or not len(search.trials):
+        result.note = "no trial yet (the search has not started)"
+        return result
+    if complete < MIN_COMPLETE:
         result.note = (f"{complete} complete trial(s): importance needs at least {MIN_COMPLETE} "
                        "(run more trials, sweep.num_samples)")  # fmt: skip
         return result
