@@ -101,7 +101,7 @@ def test_report_page_opens_in_chromium_without_errors(study):
     figures = len(list((report / "figures").glob("*.png")))
     galleries = len(list(report.glob("models/*/galleries/*.png")))
     explainers = len(pd.read_csv(report / "models" / "et" / "explainers.csv"))
-    assert figures == 5 + len(METHODS) and galleries == explainers * len(METHODS)
+    assert figures == 4 + len(METHODS) and galleries == explainers * len(METHODS)
     assert check.images >= figures + galleries
     pixels = np.asarray(Image.open(io.BytesIO(check.screenshot)).convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280)
