@@ -183,6 +183,6 @@ def plot_occlusion(curves: dict[str, dict[str, SimpleNamespace]], folder: Path,
         for ax, caption in zip(row, captions):
             ax.set_title(f"{method}: {caption}")
             ax.legend(fontsize=6, loc="best")
-    return save_figure(fig, folder, "occlusion", "Occlusion test of each method's final model "
-                       "(test split; the same explainers for every method)", synthetic,
+    return save_figure(fig, folder, "occlusion", "Occlusion test of the final models (test "
+                       "split, the same explainers for all)", synthetic,
                        legend=False)  # fmt: skip

@@ -218,8 +218,8 @@ def plot_history(searches: Mapping[str, Search], metric: str, folder: Path,
                 ax.step(x[order], best, where="post", color="tab:green", label="best so far")
             if column == "number":
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if not len(trials):
-                ax.text(0.5, 0.5, "no trial yet", ha="center", va="center",
+            if not trials["state"].isin(SEARCH_STATES).any():
+                ax.text(0.5, 0.5, "no finished trial yet", ha="center", va="center",
                         transform=ax.transAxes)  # fmt: skip
             ax.set_ylim(*ylim)
             ax.set_xlabel(label)
