@@ -150,8 +150,10 @@ def _exports(study: StudyFolder) -> str:
     links = {m: f"<a href='../best/{esc(m)}.yaml'>best/{esc(m)}.yaml</a>"
              for m in study.methods if study.best_config(m)}  # fmt: skip
     parts = [list_html(links) if links else "<p>No exported configuration yet.</p>"]
-    parts.append("<p class='note'>Train one: <code>python -m harness.train "
-                 f"{esc(study.folder)}/best/et.yaml</code>.</p>")  # fmt: skip
+    if links:
+        example = f"{study.folder}/best/{list(links)[-1]}.yaml"
+        parts.append(f"<p class='note'>Train one: <code>python -m harness.train {esc(example)}"
+                     "</code>.</p>")  # fmt: skip
     runs = _mlflow_runs(study)
     parts.append(f"<p>MLflow parent run: <code>{esc(study.state.parent_run_id)}</code></p>")
     if isinstance(runs, str):
