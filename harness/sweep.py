@@ -4,7 +4,8 @@ configuration of each method re-trained over seeds, a comparison report and expo
     python -m harness.sweep birds_video [key=value ...]
     python -m harness.sweep birds_video sweep=smoke study.output_dir=/tmp/study
 
-Outputs under `study.output_dir`: `report/` (comparison.md/.csv/.tex, per-method trial tables),
+Outputs under `study.output_dir`: `report/` (index.html, the page to open first; figures/;
+comparison.md/.csv/.tex, the knob table, per-method trial tables; see reports/study_report.py),
 `best/<method>.yaml` (the final-training command `python -m harness.train` takes them as they are),
 `ray/` (Ray Tune's results), `mlflow.db` (unless `mlflow.tracking_uri` points elsewhere),
 `study_state.json` (what a re-run of the same command resumes from).
@@ -569,6 +570,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
                              skipped_table(dataset.skipped))  # fmt: skip
     if (cfg.data.get("face_crop") or {}).get("enabled") and "video" in dataset.inputs:
         _face_report(cfg, dataset, finals, out / "report", title)
+    _write_report_page(out)
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
     state.summary = {"params": {"wall_seconds": round(elapsed)},
                      "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
@@ -597,6 +599,18 @@ def _face_report(cfg: DictConfig, dataset: Dataset, finals: list, folder: Path, 
     if runs:
         study_face_trends(runs, folder, f"{title}: facial-region trends",
                           explainers=list(cfg.evaluation.trend_explainers))  # fmt: skip
+
+
+def _write_report_page(out: Path) -> None:
+    """The report's page, figures and knob table (what `python -m harness.report` rebuilds). The
+    study's results are on disk by now: a failure here is reported, not raised."""
+    from reports.study_report import build_report
+
+    try:
+        print(f"report page: {build_report(out).index}", flush=True)
+    except Exception as error:
+        print(f"warning: report page not written ({type(error).__name__}: {error}); the tables "
+              f"are; rebuild it with: python -m harness.report {out}", file=sys.stderr)  # fmt: skip
 
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:

@@ -418,7 +418,7 @@ class _TrialRecord:
     checkpoint: Path | None
 
 
-def _read_stage(state: StudyState, stage: str) -> list[_TrialRecord] | None:
+def read_stage(state: StudyState, stage: str) -> list[_TrialRecord] | None:
     """The trials of a stage as Ray Tune's experiment state on disk holds them (None before
     the experiment has written one)."""
     from ray.tune import ExperimentAnalysis
@@ -489,7 +489,7 @@ def sync_call(state: StudyState, stages: Iterable[str] | None = None, parent: bo
     def call(client: MlflowClient) -> None:
         for stage in _unsynced(state) if stages is None else stages:
             if stage not in read:
-                read[stage] = _read_stage(state, stage)
+                read[stage] = read_stage(state, stage)
             if read[stage] is not None:
                 _sync_stage(client, state, stage, read[stage])
             if state.stages[stage].finished:
@@ -517,7 +517,7 @@ def sync(study_dir: Path, tracking_uri: str | None = None) -> SyncCounts:
     client = MlflowClient(state.tracking_uri)
     counts = SyncCounts()
     for stage in state.stages:
-        records = _read_stage(state, stage)
+        records = read_stage(state, stage)
         if records is not None:
             counts.add(_sync_stage(client, state, stage, records))
     if state.summary is not None:

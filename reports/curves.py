@@ -29,21 +29,21 @@ def _auc(levels: list[float], values: list[float]) -> float:
     return area / (levels[-1] - levels[0])
 
 
-def plot_occlusion_curves(
+def draw_occlusion_curves(
+    axes,
     curves: Mapping[str, OcclusionCurve],
-    path: Path | str,
-    title: str = "",
     *,
     metric: str = "accuracy",
-) -> Path:
-    """PNG with two panels, MoRF (left) and LeRF (right): `metric` ("accuracy" or "probability",
-    the target-class probability) against the share of (frame, patch) tokens occluded; one line
-    per curve, labelled with its area under the curve; `random` dashed."""
+    colours: Mapping[str, int] | None = None,
+    legend: bool = True,
+) -> None:
+    """Draw `curves` on a pair of axes, MoRF (axes[0]) and LeRF (axes[1]): `metric` ("accuracy"
+    or "probability", the target-class probability) against the share of tokens occluded; one
+    line per curve, labelled with its area under the curve; `random` dashed. `colours`: curve
+    name -> tab10 index (default: the curve's position)."""
     if metric not in ("accuracy", "probability"):
         raise ValueError(f"metric must be 'accuracy' or 'probability', got {metric!r}")
-    path = Path(path)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    colours = plt.get_cmap("tab10")
+    palette = plt.get_cmap("tab10")
     for ax, direction, caption in (
         (axes[0], "morf", "MoRF: most relevant occluded first (lower = more faithful)"),
         (axes[1], "lerf", "LeRF: least relevant occluded first (higher = more faithful)"),
@@ -52,20 +52,36 @@ def plot_occlusion_curves(
             levels = [float(x) for x in curve.levels]
             values = list(getattr(curve, f"{direction}_{metric}"))
             baseline = name in BASELINES
+            colour = (colours or {}).get(name, i)
             ax.plot(
                 levels, values,
                 linestyle="--" if baseline else "-",
-                color="0.35" if baseline else colours(i % 10),
+                color="0.35" if baseline else palette(colour % 10),
                 marker="" if baseline else ".",
                 linewidth=1.8 if baseline else 1.3,
                 label=f"{name} (AUC {_auc(levels, values):.3f})",
             )  # fmt: skip
         ax.set_title(caption, fontsize=9)
-        ax.set_xlabel("share of (frame, patch) tokens occluded")
+        ax.set_xlabel("share of tokens occluded")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if legend:
+            ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("accuracy" if metric == "accuracy" else "target-class probability")
     axes[0].set_ylim(-0.02, 1.02)
+    axes[1].set_ylim(-0.02, 1.02)
+
+
+def plot_occlusion_curves(
+    curves: Mapping[str, OcclusionCurve],
+    path: Path | str,
+    title: str = "",
+    *,
+    metric: str = "accuracy",
+) -> Path:
+    """PNG with the two panels of `draw_occlusion_curves` (MoRF left, LeRF right)."""
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    draw_occlusion_curves(axes, curves, metric=metric)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,17 @@
 MLflow (a SQLite store in a temporary folder), then the final-training command on an export."""
 
 import csv
+import io
 import os
 import subprocess
 import sys
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 METHODS = ("vanilla", "ifi", "et")
@@ -69,7 +73,8 @@ def test_mlflow_holds_a_parent_and_a_child_per_trial(study):
     artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
     assert {"model.pt", "config.yaml", "occlusion_curves.png"} <= artifacts
     assert any(p.startswith("gallery_") for p in artifacts)
-    assert "comparison.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    report = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"comparison.md", "index.html", "figures", "knobs.csv", "models"} <= report
 
 
 def test_final_training_command_trains_an_export(study, tmp_path):
@@ -83,3 +88,63 @@ def test_final_training_command_trains_an_export(study, tmp_path):
     accuracy = float(result.stdout.strip().splitlines()[-1].split(":")[1])
     assert 0.0 <= accuracy <= 1.0
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_report_page_opens_in_chromium_without_errors(study):
+    """The page a researcher opens first, in a real browser: no console error, no failed load,
+    no broken image, a screenshot that is not blank."""
+    from _browser import check_page
+
+    report = study / "report"
+    check = check_page(report / "index.html")
+    assert check.errors == [] and check.broken_images == []
+    figures = len(list((report / "figures").glob("*.png")))
+    galleries = len(list(report.glob("models/*/galleries/*.png")))
+    explainers = len(pd.read_csv(report / "models" / "et" / "explainers.csv"))
+    assert figures == 4 + len(METHODS) and galleries == explainers * len(METHODS)
+    assert check.images >= figures + galleries
+    pixels = np.asarray(Image.open(io.BytesIO(check.screenshot)).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280)
+    assert (pixels < 200).mean() > 0.02 and pixels.std() > 20  # text, figures: not a blank page
+
+
+def test_report_numbers_are_the_study_numbers(study):
+    """The knob table, the final-accuracy figure's data and the final models' occlusion curves
+    against the sweep's own tables (Ray's trial table, the comparison table)."""
+    from reports.final_runs import accuracy_intervals
+    from reports.study_folder import load_study_folder
+
+    report = study / "report"
+    comparison = pd.read_csv(report / "comparison.csv").set_index("method")
+    knobs = pd.read_csv(report / "knobs.csv", keep_default_na=False, na_values=[""])
+    counted = ["trials", "pruned", "failed", "unfinished"]
+    for method in METHODS:
+        trials = pd.read_csv(report / f"trials_{method}.csv")  # Ray Tune's table of the search
+        rows = knobs[knobs["method"] == method]
+        for knob, part in rows.groupby("knob"):
+            applied = len(trials)  # K and heads apply to Rollout-FEM only
+            if knob in ("method.k", "method.heads"):
+                applied = int((trials["config/method/explainer"] == "rollout_fem").sum())
+            assert part[counted].to_numpy().sum() == applied, (method, knob)
+            assert int(comparison.loc[method, "trials"]) == len(trials)
+        for level, part in rows[rows["knob"] == "train.batch_size"].groupby("level"):
+            same = trials[trials["config/train/batch_size"] == int(level)]
+            assert part["mean"].item() == pytest.approx(same["val_accuracy"].mean())
+    intervals = accuracy_intervals(load_study_folder(study)).set_index("method")
+    for method in METHODS:
+        mean = comparison.loc[method, "test_acc_mean"]
+        assert intervals.loc[method, "mean"] == pytest.approx(mean)
+        explained = pd.read_csv(report / "models" / method / "explainers.csv")
+        explained = explained.set_index("explainer")
+        config = yaml.safe_load((study / "best" / f"{method}.yaml").read_text())
+        own = config["method"].get("explainer", config["evaluation"]["explainer"])
+        assert {own, "random"} <= set(explained.index)
+        # the report re-evaluates seed 0's model: the study's own occlusion numbers come back
+        for column in ("morf_auc", "lerf_auc"):
+            assert explained.loc[own, column] == pytest.approx(
+                comparison.loc[method, f"occ_{column}"], abs=1e-9
+            )
+    page = (report / "index.html").read_text()
+    assert "SYNTHETIC DATA" in page and "Partial study" not in page
+    for method in METHODS:
+        assert f"../best/{method}.yaml" in page
