@@ -174,7 +174,7 @@ def test_bad_sources_are_named(tmp_path, capsys):
     assert "unknown explainer 'nope'" in error(tmp_path / "empty", "--explainers", "rollout,nope")
     assert "--regions" in error(tmp_path / "empty", "--regions", "2by2")
     (tmp_path / "empty" / "model.pt").write_bytes(b"")
-    assert "config.yaml: data: expected a mapping" in error(tmp_path / "empty")
+    assert "config.yaml: experiment: expected one of birds_hybrid" in error(tmp_path / "empty")
 
 
 def test_a_planted_salient_token_is_found_where_it_is(workspace):
