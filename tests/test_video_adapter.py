@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from harness.explain import ATTENTION_EXPLAINERS, NEEDS_GRADIENTS
-from harness.explain.video import (
-    VIDEO_EXPLAINERS,
-    compose_divided,
-    divided_steps,
-    explain_video,
-    tokens_to_grid,
-)
+from harness.explain import ATTENTION_EXPLAINERS, EXPLAINERS, NEEDS_GRADIENTS, explain_input
+from harness.explain.video import compose_divided, divided_steps, tokens_to_grid
 from harness.models.video import DividedAttention, TimeSformerClassifier
 
 EXACT = {"atol": 1e-5, "rtol": 1e-5}
@@ -99,10 +93,10 @@ def test_tokens_to_grid_reorders_patch_major_tokens():
         tokens_to_grid(tokens[:, :-1], (T, h, w))
 
 
-@pytest.mark.parametrize("name", VIDEO_EXPLAINERS)
+@pytest.mark.parametrize("name", EXPLAINERS)
 def test_every_explainer_gives_a_finite_map_per_frame_and_patch(model, name):
     clips = torch.rand(2, 4, 3, 16, 16)
-    explanation = explain_video(model, clips, name)
+    explanation = explain_input(model, clips, name)
     assert explanation.relevance.shape == (2, 4, 2, 2)
     assert torch.isfinite(explanation.relevance).all()
     assert not explanation.relevance.requires_grad
@@ -110,7 +104,7 @@ def test_every_explainer_gives_a_finite_map_per_frame_and_patch(model, name):
 
 def test_unknown_explainer_is_named(model):
     with pytest.raises(ValueError, match="unknown explainer 'nope'; expected one of"):
-        explain_video(model, torch.rand(1, 4, 3, 16, 16), "nope")
+        explain_input(model, torch.rand(1, 4, 3, 16, 16), "nope")
 
 
 # ------------------------------------------------- the block path equals the dense one
@@ -210,7 +204,7 @@ def test_explain_video_equals_the_dense_reference(name):
     model = model.double().eval()
     clips = torch.rand(3, 4, 3, 16, 16, dtype=torch.float64)
     target = torch.tensor([0, 1, 2])
-    explanation = explain_video(model, clips, name, target=target)
+    explanation = explain_input(model, clips, name, target=target)
     out = model(clips, capture=True)
     fn = ATTENTION_EXPLAINERS[name]
     steps = [s.detach() for s in compose_divided(out.attention)]
@@ -227,7 +221,7 @@ def test_cam_features_receive_gradient_on_patch_tokens(model):
     out = model(torch.rand(2, 4, 3, 16, 16), capture=True)
     (grad,) = torch.autograd.grad(out.logits[:, 0].sum(), out.features)
     assert grad[:, 1:].abs().sum() > 0
-    assert explain_video(model, torch.rand(2, 4, 3, 16, 16), "gradcam").relevance.abs().sum() > 0
+    assert explain_input(model, torch.rand(2, 4, 3, 16, 16), "gradcam").relevance.abs().sum() > 0
 
 
 @pytest.mark.parametrize("grid", GRIDS)
