@@ -262,3 +262,72 @@ def test_gradient_steps_carry_no_gradient_on_the_class_pass_through(model):
     assert (temporal[:, :, 0, 0] == 0).all() and (
         compose_divided(out.attention)[0][:, :, 0, 0] == 1
     ).all()
+
+
+def _fixed_attention(module):
+    """TimesformerSelfAttention.forward with its probabilities detached (fixed)."""
+
+    def forward(hidden_states, output_attentions=False):
+        B, N, C = hidden_states.shape
+        qkv = module.qkv(hidden_states).reshape(B, N, 3, module.num_heads, C // module.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        probs = ((q @ k.transpose(-2, -1)) * module.scale).softmax(-1).detach()
+        context = (probs @ v).transpose(1, 2).reshape(B, N, C)
+        return (context, probs) if output_attentions else (context,)
+
+    return forward
+
+
+def test_composed_steps_equal_the_token_jacobian_of_the_linearised_model():
+    """Value and output projections the identity, norms and MLPs removed, attention fixed: the
+    class token's Jacobian with respect to the embedded tokens is the product of the composed
+    steps (I + X), the temporal step's class corner 0 (the class token skips that attention; the
+    corner 1 of `compose_temporal` is rollout's, whose renormalisation brings it back to 1)."""
+    torch.manual_seed(5)
+    model = TimeSformerClassifier.from_config(
+        3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
+    ).double().eval()
+    C, heads, eye = 16, 2, torch.eye(16, dtype=torch.float64)
+    inner = model.model.timesformer
+    with torch.no_grad():
+        for layer in inner.encoder.layer:
+            for name in ("layernorm_before", "layernorm_after", "temporal_layernorm"):
+                setattr(layer, name, torch.nn.Identity())
+            for attention in (layer.attention, layer.temporal_attention):
+                attention.attention.qkv.weight[2 * C :] = eye
+                attention.attention.qkv.bias[2 * C :] = 0
+                attention.output.dense.weight.copy_(eye)
+                attention.output.dense.bias.zero_()
+                attention.attention.forward = _fixed_attention(attention.attention)
+            layer.temporal_dense.weight.copy_(eye)
+            layer.temporal_dense.bias.zero_()
+            layer.output.dense.weight.zero_()
+            layer.output.dense.bias.zero_()
+    inner.layernorm = torch.nn.Identity()
+    leaf, seen = {}, {}
+
+    def embed_hook(module, args, output):
+        leaf["x"] = output.detach().requires_grad_()
+        return leaf["x"]
+
+    handles = [
+        inner.embeddings.register_forward_hook(embed_hook),
+        model.model.classifier.register_forward_hook(lambda m, a, o: seen.update(cls=a[0])),
+    ]
+    out = model(torch.rand(1, 4, 3, 16, 16, dtype=torch.float64), capture=True)
+    for handle in handles:
+        handle.remove()
+    steps = [s.detach().clone() for s in compose_divided(out.attention)]
+    for temporal in steps[0::2]:
+        temporal[:, :, 0, 0] = 0
+    T, P, n = 4, 4, 17
+    for head in range(heads):
+        product = torch.eye(n, dtype=torch.float64)
+        for x in steps:
+            product = (torch.eye(n, dtype=torch.float64) + x[0, head]) @ product
+        c = head * (C // heads)
+        (grad,) = torch.autograd.grad(seen["cls"][0, c], leaf["x"], retain_graph=True)
+        # transformers orders the tokens patch-major (1 + p*T + t), the steps frame-major
+        jacobian = torch.cat([grad[0, :1, c], grad[0, 1:, c].view(P, T).T.flatten()])
+        torch.testing.assert_close(jacobian, product[0], atol=1e-10, rtol=1e-9)
+        assert jacobian[1:].abs().min() > 0

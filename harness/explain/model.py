@@ -16,7 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from .attention import random_relevance
-from .registry import ATTENTION_EXPLAINERS, EXPLAINERS, FEATURE_EXPLAINERS, NEEDS_GRADIENTS
+from .registry import (
+    ATTENTION_EXPLAINERS,
+    EXPLAINERS,
+    FEATURE_EXPLAINERS,
+    NEEDS_GRADIENTS,
+    TAKES_TOKENS,
+)
 
 
 @dataclass
@@ -67,7 +73,12 @@ def explain_input(
         elif explainer in ATTENTION_EXPLAINERS:
             steps, gradients = adapter.attention_steps(out, explainer, score)
             fn = ATTENTION_EXPLAINERS[explainer]
+            tokens = adapter.input_tokens(model, x.device)  # None: every token is an input's
+            if tokens is not None and explainer in TAKES_TOKENS:
+                params = {**params, "tokens": tokens}
             flat = fn(steps, gradients, **params) if needs_grad else fn(steps, **params)
+            if tokens is not None and explainer not in TAKES_TOKENS:
+                flat = flat[..., tokens]
             relevance = adapter.to_regions(model, flat)
         else:
             features = adapter.feature_grid(model, out.features.detach())

@@ -19,5 +19,8 @@ FEATURE_EXPLAINERS: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
     {"fem": fem, "gradcam": gradcam, "gradcam_pp": gradcam_pp, "eigencam": eigencam}
 )
 NEEDS_GRADIENTS = frozenset({"rollout_grad", "tibav", "gradcam", "gradcam_pp"})
+# Attention explainers whose map is a statistic over its tokens: they take `tokens=` (the input
+# tokens of a model with other tokens, e.g. Pool-T's frame tokens); the others' maps are cut after.
+TAKES_TOKENS = frozenset({"rollout_fem"})
 # Every explainer a config may name ("random" is the chance baseline).
 EXPLAINERS: tuple[str, ...] = (*ATTENTION_EXPLAINERS, *FEATURE_EXPLAINERS, "random")

@@ -11,7 +11,8 @@ architecture is described to the harness:
 * `attention_steps`: the forward pass as the token-mixing steps that the rollout-type explainers
   propagate (`harness.explain.attention.Mixing`, first step first, the readout included), and the
   target score's gradient on them; `feature_grid`: the CAM explainers' token features as a map
-  [B, C, *grid]; `to_regions`: relevance over tokens or over the feature grid -> one value per
+  [B, C, *grid]; `input_tokens`: which tokens stand for input regions; `to_regions`: relevance
+  over those tokens or over the feature grid -> one value per
   input region ([B, T, h, w] per frame and patch for clips, [B, n] per time patch for signals:
   `model.grid`), what ET's restriction, the occlusion test and the galleries read;
 * `supervised_attention`: the attentions IFI supervises and their gradients;
@@ -63,12 +64,17 @@ class Adapter:
         """(steps, gradient steps) of a captured forward; gradient steps only with `score`."""
         raise NotImplementedError
 
+    def input_tokens(self, model: nn.Module, device: torch.device) -> Tensor | None:
+        """Which of the steps' tokens 1..N-1 (0-based indices) stand for input regions, in the
+        order of `model.grid`; None: all of them (e.g. Pool-T's frame tokens are not)."""
+        return None
+
     def feature_grid(self, model: nn.Module, tokens: Tensor) -> Tensor:
         """Token features (or their gradient) [B, n, C] -> [B, C, *grid]."""
         return reshape_tokens(tokens, model.grid)
 
     def to_regions(self, model: nn.Module, relevance: Tensor) -> Tensor:
-        """Relevance over tokens [B, n] or over the feature grid -> [B, *model.grid]."""
+        """Relevance over the input tokens [B, n] or over the feature grid -> [B, *model.grid]."""
         return relevance.reshape(len(relevance), *model.grid)
 
     def supervised_attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs:

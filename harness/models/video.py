@@ -29,6 +29,7 @@ from transformers.models.timesformer.modeling_timesformer import TimesformerDrop
 
 from harness.explain.video import DividedAttention, divided_steps, tokens_to_grid
 from harness.models.base import Adapter, AttentionPairs, Need, SingleInput, check_clips
+from harness.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -39,10 +40,6 @@ class VideoOutput:
     # feature map. Not the last block's output: only its class token reaches the classifier, so
     # the gradient on its patch tokens is zero (pytorch-grad-cam targets blocks[-1].norm1 too).
     features: torch.Tensor | None = None
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TimeSformerClassifier(SingleInput, nn.Module):
