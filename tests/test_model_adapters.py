@@ -27,7 +27,7 @@ def _study(tmp_path, experiment, *overrides):
 
 def test_every_registered_architecture_declares_its_inputs():
     assert {name: adapter_of({"name": name}).inputs for name in ARCHITECTURES} == {
-        "timesformer": ("video",), "pool_t": ("video",),
+        "timesformer": ("video",), "pool_t": ("video",), "video_swin_t": ("video",),
         "linformer": ("signal",), "hybrid": ("video", "signal"),
     }  # fmt: skip
     assert model_inputs({"name": "pool_t"}) == ("video",)

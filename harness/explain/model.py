@@ -9,6 +9,7 @@ architecture.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -68,12 +69,14 @@ def explain_input(
         if target is None:
             target = logits.argmax(-1)
         score = logits.gather(1, target[:, None]).sum() if needs_grad else None
-        if explainer == "random":
-            relevance = random_relevance((len(x), *model.grid), generator).to(x.device)
+        tokens = adapter.input_tokens(model, x.device)  # None: every token is an input region
+        if explainer == "random":  # one value per token, mapped to the regions it covers
+            count = math.prod(model.grid) if tokens is None else len(tokens)
+            relevance = random_relevance((len(x), count), generator).to(x.device)
+            relevance = adapter.to_regions(model, relevance)
         elif explainer in ATTENTION_EXPLAINERS:
             steps, gradients = adapter.attention_steps(out, explainer, score)
             fn = ATTENTION_EXPLAINERS[explainer]
-            tokens = adapter.input_tokens(model, x.device)  # None: every token is an input's
             if tokens is not None and explainer in TAKES_TOKENS:
                 params = {**params, "tokens": tokens}
             flat = fn(steps, gradients, **params) if needs_grad else fn(steps, **params)

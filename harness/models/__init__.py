@@ -20,6 +20,7 @@ from harness.models.base import Adapter
 ARCHITECTURES: dict[str, str] = {
     "timesformer": "harness.models.video:TimeSformerAdapter",
     "pool_t": "harness.models.pool_t:PoolTAdapter",
+    "video_swin_t": "harness.models.swin:VideoSwinAdapter",
     "linformer": "harness.models.signal:LinformerAdapter",
     "hybrid": "harness.models.hybrid:HybridAdapter",
 }
