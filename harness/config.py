@@ -18,7 +18,7 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
@@ -57,7 +57,17 @@ def compose(experiment: str, overrides: list[str]) -> DictConfig:
         )
     try:
         with initialize_config_module(config_module="harness.conf", version_base=None):
-            return hydra_compose(config_name=experiment, overrides=list(overrides))
+            cfg = hydra_compose(config_name=experiment, overrides=list(overrides))
+            if cfg.study.get("models"):  # study.models: each model's config, as `model=<name>`
+                key = "model@model.video" if cfg.modality == "hybrid" else "model"
+                OmegaConf.set_struct(cfg, False)
+                cfg.models = {
+                    name: hydra_compose(config_name=experiment,
+                                        overrides=[*overrides, f"{key}={name}"]).model
+                    for name in cfg.study.models
+                }  # fmt: skip
+                OmegaConf.set_struct(cfg, True)
+            return cfg
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{experiment}: {error}") from None
 
@@ -74,10 +84,25 @@ def resolve_paths(cfg: DictConfig) -> None:
         cfg.sweep.optuna_storage = f"sqlite:///{Path(cfg.study.output_dir) / 'optuna.db'}"
 
 
-def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
-    """The plain config of one trial of `method`: seed, data, model, method, train, evaluation."""
+def study_runs(cfg: DictConfig) -> list[tuple[str | None, str]]:
+    """(model, method) of every search of the study, model None for the experiment's own model;
+    with `study.models`, every method for every model."""
+    models = list(cfg.study.get("models") or [None])
+    return [(model, method) for model in models for method in cfg.study.methods]
+
+
+def run_name(model: str | None, method: str) -> str:
+    """How a search is named (stages, Optuna studies, best/<name>.yaml, report rows)."""
+    return method if model is None else f"{model}-{method}"
+
+
+def trial_config(cfg: DictConfig, method: str, model: str | None = None) -> dict[str, Any]:
+    """The plain config of one trial of `method` (on `model` of `study.models`, default the
+    experiment's model): seed, data, model, method, train, evaluation."""
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in TRIAL_SECTIONS
               if key != "method"}  # fmt: skip
+    if model is not None:
+        config["model"] = OmegaConf.to_container(cfg.models[model], resolve=True)
     config["method"] = OmegaConf.to_container(cfg.methods[method], resolve=True)
     if not config["train"].get("threads"):  # one torch thread per CPU Ray gives the trial
         config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
@@ -239,9 +264,12 @@ def validate_study(cfg: DictConfig) -> None:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root: expected an existing folder, got {cfg.data.root!r}")
-    for name in methods:
-        base = trial_config(cfg, name)
-        validate_trial_config(base, source=f"methods.{name}")
+    if cfg.study.get("models") is not None and not isinstance(cfg.study.models, ListConfig):
+        raise ConfigError(f"study.models: expected a list of models, got {cfg.study.models!r}")
+    for model, name in study_runs(cfg):  # (an unknown model name fails in `compose`)
+        base = trial_config(cfg, name, model)
+        on = f" (model {model})" if model else ""
+        validate_trial_config(base, source=f"methods.{name}{on}")
         where = f"space.{name}"
         try:
             params = check_space(OmegaConf.to_container(cfg.space[name], resolve=True), where)

@@ -54,8 +54,8 @@ def dense_steps(attention, gradient=False):
                 if any(p[d] // window[d] != q[d] // window[d] for d in range(3)):
                     continue
                 w = tuple(p[d] // window[d] for d in range(3))
-                ip = ((p[0] % window[0]) * window[1] + p[1] % window[1]) * window[2] + p[2] % window[2]
-                iq = ((q[0] % window[0]) * window[1] + q[1] % window[1]) * window[2] + q[2] % window[2]
+                ip, iq = (((r[0] % window[0]) * window[1] + r[1] % window[1]) * window[2]
+                          + r[2] % window[2] for r in (p, q))  # fmt: skip
                 src = [(p[d] + shift[d]) % grid[d] for d in range(3)]
                 dst = [(q[d] + shift[d]) % grid[d] for d in range(3)]
                 for head in range(heads):
