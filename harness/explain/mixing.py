@@ -8,6 +8,7 @@ tokens 1..N-1 are the model's tokens in an order its adapter fixes.
   and X[0, 0] = corner, every other entry 0. A token in no group keeps only its residual.
 * `ReadoutMixing`: the readout into token 0, X[0, :] = row (a pooling's weights over the tokens),
   every other row 0.
+`CapturedAttention` is what a model's captured forward holds them from.
 
 Both propagate the class row r <- r D^-1 (I + X) without an N x N matrix; the dense X they stand
 for is what the tests build entry by entry.
@@ -16,10 +17,26 @@ for is what the tests build entry by entry.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class CapturedAttention:
+    """The attention tensors of one forward as the model computed them (`captured`: take
+    gradients with respect to them); subclasses add what places them (grids, layers)."""
+
+    captured: list[Tensor]
+
+    def gradients(self, score: Tensor, retain_graph: bool = False):  # -> same type
+        """d score / d attention for every captured attention, in the same layout (detached)."""
+        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
+        return replace(self, captured=[g.detach() for g in grads])
+
+    def detached(self):  # -> same type
+        return replace(self, captured=[a.detach() for a in self.captured])
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,11 @@ import torch
 from torch import Tensor
 
 from .attention import Mixing
+from .mixing import CapturedAttention
 
 
 @dataclass
-class DividedAttention:
+class DividedAttention(CapturedAttention):
     """Attention probabilities of every TimeSformer block, as the blocks computed them.
 
     `captured` holds the tensors used in the forward graph (temporal then spatial, block by block):
@@ -55,7 +56,6 @@ class DividedAttention:
     Patches are numbered row-major on the (h, w) grid: p = row * w + col.
     """
 
-    captured: list[torch.Tensor]
     grid: tuple[int, int, int]  # (T, h, w)
 
     @property
@@ -66,14 +66,6 @@ class DividedAttention:
     @property
     def spatial(self) -> list[torch.Tensor]:
         return [a.reshape(-1, self.grid[0], *a.shape[1:]) for a in self.captured[1::2]]
-
-    def gradients(self, score: torch.Tensor, retain_graph: bool = False) -> DividedAttention:
-        """d score / d attention for every captured attention, in the same layout (detached)."""
-        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
-        return DividedAttention([g.detach() for g in grads], self.grid)
-
-    def detached(self) -> DividedAttention:
-        return DividedAttention([a.detach() for a in self.captured], self.grid)
 
 
 def compose_temporal(temporal: torch.Tensor, *, gradient: bool = False) -> torch.Tensor:

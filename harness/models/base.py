@@ -110,3 +110,14 @@ def check_clips(need: Need, data: Mapping[str, Any], cfg: Mapping[str, Any], whe
     frames = data.get("num_frames", data.get("synthetic", {}).get("num_frames"))
     need(cfg.get("pretrained") or cfg.get("num_frames") == frames, f"{where}.num_frames",
          f"data.num_frames = {frames}")  # fmt: skip
+
+
+def spatial_temporal_pairs(attention: Any, score: Tensor, class_rows: bool) -> AttentionPairs:
+    """IFI's pairs of a separable space-time model (attention with `spatial` maps, class token
+    first, and `temporal` maps, and `gradients`): every spatial map, and unless `class_rows`
+    every temporal one (the class rows are the spatial maps' first rows)."""
+    grads = attention.gradients(score, retain_graph=True)
+    pairs = list(zip(attention.spatial, grads.spatial))
+    if not class_rows:
+        pairs += list(zip(attention.temporal, grads.temporal))
+    return pairs

@@ -36,20 +36,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.explain.mixing import GroupMixing, ReadoutMixing
-from harness.models.base import Adapter, AttentionPairs, Need, SingleInput, check_clips
+from harness.explain.mixing import CapturedAttention, GroupMixing, ReadoutMixing
+from harness.models.base import (
+    Adapter,
+    AttentionPairs,
+    Need,
+    SingleInput,
+    check_clips,
+    spatial_temporal_pairs,
+)
 from harness.models.layers import Block, capturing, normalise_clips
 
 
 @dataclass
-class PoolTAttention:
+class PoolTAttention(CapturedAttention):
     """What one forward attended with, as computed (take gradients with respect to `captured`).
 
     captured: the spatial blocks' attentions [B*T, H, 1+P, 1+P], then the temporal blocks'
     [B, H, T, T], then the importance weights [B, T]; `spatial`, `temporal`, `pooling` regroup them
     per clip (spatial [B, T, H, 1+P, 1+P])."""
 
-    captured: list[Tensor]
     frames: int
     spatial_layers: int
 
@@ -64,13 +70,6 @@ class PoolTAttention:
     @property
     def pooling(self) -> Tensor:
         return self.captured[-1]
-
-    def gradients(self, score: Tensor, retain_graph: bool = False) -> PoolTAttention:
-        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
-        return PoolTAttention([g.detach() for g in grads], self.frames, self.spatial_layers)
-
-    def detached(self) -> PoolTAttention:
-        return PoolTAttention([a.detach() for a in self.captured], self.frames, self.spatial_layers)
 
 
 @dataclass
@@ -201,11 +200,7 @@ class PoolTAdapter(Adapter):
     ) -> AttentionPairs:
         """Every spatial block's attention (only its frame-token rows with `class_rows`) and,
         unless `class_rows`, every temporal block's."""
-        grads = output.attention.gradients(score, retain_graph=True)
-        pairs = list(zip(output.attention.spatial, grads.spatial))
-        if not class_rows:
-            pairs += list(zip(output.attention.temporal, grads.temporal))
-        return pairs
+        return spatial_temporal_pairs(output.attention, score, class_rows)
 
 
 PoolTClassifier.adapter = PoolTAdapter()

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.explain.mixing import GroupMixing, ReadoutMixing, group_index
+from harness.explain.mixing import CapturedAttention, GroupMixing, ReadoutMixing, group_index
 from harness.models.base import Adapter, AttentionPairs, Need, SingleInput, check_clips
 from harness.models.layers import Attention, DropPath, capturing, mlp, normalise_clips
 
@@ -155,21 +155,13 @@ class PatchEmbed3d(nn.Module):
 
 
 @dataclass
-class SwinAttention:
+class SwinAttention(CapturedAttention):
     """Every block's window attention as computed, [B*nW, h_s, m, m] in block order (`captured`:
     take gradients with respect to them), with the geometry of each: its stage's grid, windows and
     shift (`layout`) and the heads of every stage."""
 
-    captured: list[Tensor]
     layout: list[tuple[int, tuple[int, int, int], list[int], list[int]]]  # (stage, grid, w, s)
     batch: int
-
-    def gradients(self, score: Tensor, retain_graph: bool = False) -> SwinAttention:
-        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
-        return SwinAttention([g.detach() for g in grads], self.layout, self.batch)
-
-    def detached(self) -> SwinAttention:
-        return SwinAttention([a.detach() for a in self.captured], self.layout, self.batch)
 
     @property
     def stage_grids(self) -> list[tuple[int, int, int]]:

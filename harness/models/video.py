@@ -28,7 +28,14 @@ from transformers import TimesformerConfig, TimesformerForVideoClassification
 from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
 from harness.explain.video import DividedAttention, divided_steps, tokens_to_grid
-from harness.models.base import Adapter, AttentionPairs, Need, SingleInput, check_clips
+from harness.models.base import (
+    Adapter,
+    AttentionPairs,
+    Need,
+    SingleInput,
+    check_clips,
+    spatial_temporal_pairs,
+)
 from harness.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -186,11 +193,7 @@ class TimeSformerAdapter(Adapter):
     ) -> AttentionPairs:
         """Every block's spatial attention (only its class-token rows with `class_rows`) and,
         unless `class_rows`, its temporal attention."""
-        grads = output.attention.gradients(score, retain_graph=True)
-        pairs = list(zip(output.attention.spatial, grads.spatial))
-        if not class_rows:
-            pairs += list(zip(output.attention.temporal, grads.temporal))
-        return pairs
+        return spatial_temporal_pairs(output.attention, score, class_rows)
 
 
 TimeSformerClassifier.adapter = TimeSformerAdapter()
