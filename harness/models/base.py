@@ -96,6 +96,16 @@ class SingleInput:
         return logits[self.modalities[0]]
 
 
+def check_clip_shape(clips: Tensor, frames: int, size: int) -> None:
+    """ValueError unless clips are [B, frames, 3, size, size] (what a video model was built for)."""
+    B, T, C, H, W = clips.shape if clips.dim() == 5 else (None,) * 5
+    if T != frames or C != 3 or H != size or W != size:
+        raise ValueError(
+            f"clips must be [B, {frames}, 3, {size}, {size}] for this model (model.num_frames, "
+            f"model.image_size), got {list(clips.shape)}"
+        )
+
+
 def check_clips(need: Need, data: Mapping[str, Any], cfg: Mapping[str, Any], where: str) -> None:
     """What every video model needs of the data: its `image_size` (what it sees of a frame, ET
     crops the stored frames down to it) and its `num_frames` (the data's frame count)."""

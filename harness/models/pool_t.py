@@ -42,6 +42,7 @@ from harness.models.base import (
     AttentionPairs,
     Need,
     SingleInput,
+    check_clip_shape,
     check_clips,
     spatial_temporal_pairs,
 )
@@ -141,12 +142,8 @@ class PoolTClassifier(SingleInput, nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
 
     def forward(self, clips: Tensor, *, capture: bool = False) -> PoolTOutput:
+        check_clip_shape(clips, self.num_frames, self.image_size)
         B, T, _, S, _ = clips.shape
-        if T != self.num_frames or S != self.image_size or clips.shape[-1] != S:
-            raise ValueError(
-                f"clips must be [B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] "
-                f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
-            )
         x = self.patch_embed(normalise_clips(clips).flatten(0, 1)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
         with capturing(self, capture) as kept:

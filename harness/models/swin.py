@@ -44,7 +44,14 @@ import torch
 from torch import Tensor, nn
 
 from harness.explain.mixing import CapturedAttention, GroupMixing, ReadoutMixing, group_index
-from harness.models.base import Adapter, AttentionPairs, Need, SingleInput, check_clips
+from harness.models.base import (
+    Adapter,
+    AttentionPairs,
+    Need,
+    SingleInput,
+    check_clip_shape,
+    check_clips,
+)
 from harness.models.layers import Attention, DropPath, capturing, mlp, normalise_clips
 
 
@@ -233,12 +240,8 @@ class VideoSwinClassifier(SingleInput, nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, clips: Tensor, *, capture: bool = False) -> SwinOutput:
+        check_clip_shape(clips, self.num_frames, self.image_size)
         B, T, _, S, _ = clips.shape
-        if T != self.num_frames or S != self.image_size or clips.shape[-1] != S:
-            raise ValueError(
-                f"clips must be [B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] "
-                f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
-            )
         x = self.pos_drop(self.patch_embed(normalise_clips(clips).transpose(1, 2)))
         layout, features, stage = [], None, 0
         with capturing(self, capture) as kept:

@@ -33,6 +33,7 @@ from harness.models.base import (
     AttentionPairs,
     Need,
     SingleInput,
+    check_clip_shape,
     check_clips,
     spatial_temporal_pairs,
 )
@@ -143,12 +144,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             self._captured.append(output[1])
 
     def forward(self, clips: torch.Tensor, *, capture: bool = False) -> VideoOutput:
-        B, T, C, S, _ = clips.shape
-        if T != self.num_frames or S != self.image_size or clips.shape[-1] != S:
-            raise ValueError(
-                f"clips must be [B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] "
-                f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
-            )
+        check_clip_shape(clips, self.num_frames, self.image_size)
         pixels = (clips - self.mean) / self.std
         if not capture:
             return VideoOutput(logits=self.model(pixel_values=pixels).logits)
