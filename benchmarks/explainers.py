@@ -12,9 +12,9 @@ shared CPU, `--clock cpu` reads the process's CPU time instead of the wall clock
   (rollout_grad, tibav) and to the tokens entering the last block (gradcam, gradcam_pp), each
   on its own;
 * every explainer given the already-captured tensors (and gradients): the block path that
-  `explain_video` runs (`divided_steps` + the explainer) and, for the attention explainers, the
+  `explain_input` runs (`divided_steps` + the explainer) and, for the attention explainers, the
   dense reference (`compose_divided` + the same explainer; `--reference-repeats` runs: slow);
-* every explainer end to end: `explain_video(model, clips, name)`, its own forward included;
+* every explainer end to end: `explain_input(model, clips, name)`, its own forward included;
 * the row-vector rollout (`harness.explain.rollout`, on the dense composed steps and on the block
   steps) against the naive full-matrix product, whose agreement to 1e-5 is asserted.
 
@@ -39,15 +39,11 @@ from harness.explain import (
     EXPLAINERS,
     FEATURE_EXPLAINERS,
     NEEDS_GRADIENTS,
+    explain_input,
     random_relevance,
     rollout,
 )
-from harness.explain.video import (
-    compose_divided,
-    divided_steps,
-    explain_video,
-    tokens_to_grid,
-)
+from harness.explain.video import compose_divided, divided_steps, tokens_to_grid
 from harness.models.video import TimeSformerClassifier
 
 TARGET = 0.05  # rollout and rollout_fem, given the captured attentions, as a fraction of a forward
@@ -120,8 +116,8 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
 
     # Settle the allocator and caches first: every path once or twice, untimed.
     for _ in range(2):
-        explain_video(model, clips, "tibav")
-        explain_video(model, clips, "rollout")
+        explain_input(model, clips, "tibav")
+        explain_input(model, clips, "rollout")
 
     # The forward passes and the backward passes. The baseline is timed before and after all the
     # rest and its median taken over both, so that a drift in the machine's load shows less.
@@ -193,8 +189,8 @@ def benchmark_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[s
                 rows.append((f"{explainer}: on captured tensors", ms))
             rows.append(
                 (
-                    f"{explainer}: explain_video end to end",
-                    timer.ms(lambda e=explainer: explain_video(model, clips, e)),
+                    f"{explainer}: explain_input end to end",
+                    timer.ms(lambda e=explainer: explain_input(model, clips, e)),
                 )
             )
 

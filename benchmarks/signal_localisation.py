@@ -19,7 +19,7 @@ soft policy multiplies the signal by), on the test split:
 * event mass: sum of the weights inside the event [event_start, event_start + event_length) over
   their sum, averaged over the signals; chance (a constant map) is event_length / L = 0.125;
 * pointing: the share of signals whose highest-weighted sample lies inside the event;
-* ms per signal: `explain_signal` end to end (its forward, and backward where needed), batch 50.
+* ms per signal: `explain_input` end to end (its forward, and backward where needed), batch 50.
 
 The "token oracle" row is the best a token-level map can do: token t's relevance is the share of
 its own patch [t p, (t+1) p) inside the event, put through the same `relevance_over_time`.
@@ -41,7 +41,8 @@ import torch
 import yaml
 
 from harness.data.synthetic import SyntheticSpec, generate
-from harness.explain.signal import SIGNAL_EXPLAINERS, explain_signal, relevance_over_time
+from harness.explain import EXPLAINERS, explain_input
+from harness.explain.signal import relevance_over_time
 from harness.models.signal import SignalTransformer
 
 ORACLE = "token oracle"
@@ -130,7 +131,7 @@ def explain_all(
     maps = []
     started = time.perf_counter()
     for rows in torch.arange(len(data.labels)).split(EXPLAIN_BATCH):
-        maps.append(explain_signal(model, data.signals[rows], name, generator=generator).relevance)
+        maps.append(explain_input(model, data.signals[rows], name, generator=generator).relevance)
     return torch.cat(maps), 1000 * (time.perf_counter() - started) / len(data.labels)
 
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    rows_acc, rows_loc = [], {name: [] for name in (*SIGNAL_EXPLAINERS, ORACLE)}
+    rows_acc, rows_loc = [], {name: [] for name in (*EXPLAINERS, ORACLE)}
     for seed in args.seeds:
         torch.manual_seed(seed)
         model = SignalTransformer(
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         val, test_acc = accuracy(model, splits["val"]), accuracy(model, test)
         rows_acc.append((seed, val, test_acc, seconds))
         print(f"seed {seed}: val {val:.3f} test {test_acc:.3f} ({seconds:.1f} s)", flush=True)
-        for name in SIGNAL_EXPLAINERS:
+        for name in EXPLAINERS:
             relevance, ms = explain_all(model, test, name, seed)
             weights = relevance_over_time(relevance, length)
             rows_loc[name].append((*localisation(weights, inside), ms))

@@ -18,18 +18,18 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.data.faces import FaceCropSettings
 from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
 from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
-from harness.explain.video import VIDEO_EXPLAINERS
+from harness.explain import EXPLAINERS
 from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
 from harness.methods.window import WINDOW_POLICIES
-from harness.models import MODEL_INPUTS
+from harness.models import ARCHITECTURES, adapter_of
 from harness.search_space import check_space
 from harness.train import PRECISIONS
 
@@ -58,7 +58,17 @@ def compose(experiment: str, overrides: list[str]) -> DictConfig:
         )
     try:
         with initialize_config_module(config_module="harness.conf", version_base=None):
-            return hydra_compose(config_name=experiment, overrides=list(overrides))
+            cfg = hydra_compose(config_name=experiment, overrides=list(overrides))
+            if cfg.study.get("models"):  # study.models: each model's config, as `model=<name>`
+                key = "model@model.video" if cfg.modality == "hybrid" else "model"
+                OmegaConf.set_struct(cfg, False)
+                cfg.models = {
+                    name: hydra_compose(config_name=experiment,
+                                        overrides=[*overrides, f"{key}={name}"]).model
+                    for name in cfg.study.models
+                }  # fmt: skip
+                OmegaConf.set_struct(cfg, True)
+            return cfg
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"{experiment}: {error}") from None
 
@@ -75,10 +85,25 @@ def resolve_paths(cfg: DictConfig) -> None:
         cfg.sweep.optuna_storage = f"sqlite:///{Path(cfg.study.output_dir) / 'optuna.db'}"
 
 
-def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
-    """The plain config of one trial of `method`: seed, data, model, method, train, evaluation."""
+def study_runs(cfg: DictConfig) -> list[tuple[str | None, str]]:
+    """(model, method) of every search of the study, model None for the experiment's own model;
+    with `study.models`, every method for every model."""
+    models = list(cfg.study.get("models") or [None])
+    return [(model, method) for model in models for method in cfg.study.methods]
+
+
+def run_name(model: str | None, method: str) -> str:
+    """How a search is named (stages, Optuna studies, best/<name>.yaml, report rows)."""
+    return method if model is None else f"{model}-{method}"
+
+
+def trial_config(cfg: DictConfig, method: str, model: str | None = None) -> dict[str, Any]:
+    """The plain config of one trial of `method` (on `model` of `study.models`, default the
+    experiment's model): seed, data, model, method, train, evaluation."""
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in TRIAL_SECTIONS
               if key != "method"}  # fmt: skip
+    if model is not None:
+        config["model"] = OmegaConf.to_container(cfg.models[model], resolve=True)
     config["method"] = OmegaConf.to_container(cfg.methods[method], resolve=True)
     if not config["train"].get("threads"):  # one torch thread per CPU Ray gives the trial
         config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
@@ -123,10 +148,10 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         need(Path(data["root"]).is_dir(), "data.root", "an existing folder")
     _check_data(data, need)
     need(method.get("name") in METHODS, "method.name", f"one of {', '.join(METHODS)}")
-    need(evaluation.get("explainer") in VIDEO_EXPLAINERS, "evaluation.explainer",
-         f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
-    need(all(e in VIDEO_EXPLAINERS for e in evaluation.get("trend_explainers") or ()),
-         "evaluation.trend_explainers", f"a list of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+    need(evaluation.get("explainer") in EXPLAINERS, "evaluation.explainer",
+         f"one of {', '.join(EXPLAINERS)}")  # fmt: skip
+    need(all(e in EXPLAINERS for e in evaluation.get("trend_explainers") or ()),
+         "evaluation.trend_explainers", f"a list of {', '.join(EXPLAINERS)}")  # fmt: skip
     need(evaluation.get("occlusion_value") in OCCLUSION_FILLS, "evaluation.occlusion_value",
          f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
@@ -136,18 +161,23 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
     need(train.get("precision", "auto") in PRECISIONS, "train.precision",
          f"one of {', '.join(PRECISIONS)}")  # fmt: skip
-    need(model.get("name") in MODEL_INPUTS, "model.name", f"one of {', '.join(MODEL_INPUTS)}")
-    inputs = MODEL_INPUTS[model["name"]]
-    for modality in inputs:  # the hybrid's branches are model.video and model.signal
-        where = "model" if len(inputs) == 1 else f"model.{modality}"
-        need(isinstance(model.get(modality, model), Mapping), where, "a mapping")
-        _MODEL_CHECKS[modality](need, data, _get(config, where), where)
+    need(model.get("name") in ARCHITECTURES, "model.name", f"one of {', '.join(ARCHITECTURES)}")
+    adapter = adapter_of(model)
+    adapter.check(need, data, model, "model")
+    supported = adapter.supported(model)
+    for key, explainer in (("evaluation.explainer", evaluation.get("explainer")),
+                           ("method.explainer", method.get("explainer"))):  # fmt: skip
+        if explainer in EXPLAINERS and explainer not in supported:
+            raise ConfigError(
+                f"{source}: {key}: model {model['name']} does not support explainer "
+                f"{explainer!r}; it supports: {', '.join(supported)}"
+            )
     if method["name"] == "ifi":
         need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
         need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
     if method["name"] == "et":
-        need(method.get("explainer") in VIDEO_EXPLAINERS, "method.explainer",
-             f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
+        need(method.get("explainer") in EXPLAINERS, "method.explainer",
+             f"one of {', '.join(EXPLAINERS)}")  # fmt: skip
         need(float(method.get("k", 0)) >= 0, "method.k", "K >= 0 (FEM threshold mu + K sigma)")
         heads = method.get("heads", "all")
         need(isinstance(heads, list) or bool(_HEADS.match(str(heads))), "method.heads",
@@ -192,40 +222,6 @@ def _check_data(data: Mapping[str, Any], need: Callable[[bool, str, str], None])
         count = data["synthetic"].get("num_classes")
         need(len(names) == count, "data.class_names",
              f"{count} names (data.synthetic.num_classes) for the synthetic data")  # fmt: skip
-
-
-def _check_video_model(need, data: Mapping, model: Mapping, where: str) -> None:
-    if data.get("root"):
-        need(int(data.get("frame_size", 0)) >= int(model.get("image_size", 0)), "data.frame_size",
-             f"at least {where}.image_size ({model.get('image_size')}), ET crops it")  # fmt: skip
-    elif data.get("synthetic"):
-        synthetic = data["synthetic"]
-        size = synthetic["frame_size"] // synthetic["downsample_factor"]
-        need(model.get("pretrained") or model.get("image_size") == size, f"{where}.image_size",
-             f"data.synthetic.frame_size / downsample_factor = {size}")  # fmt: skip
-    frames = data.get("num_frames", data.get("synthetic", {}).get("num_frames"))
-    need(model.get("pretrained") or model.get("num_frames") == frames, f"{where}.num_frames",
-         f"data.num_frames = {frames}")  # fmt: skip
-    if not model.get("pretrained"):
-        need(model["image_size"] % model["patch_size"] == 0, f"{where}.patch_size",
-             f"a divisor of {where}.image_size ({model['image_size']})")  # fmt: skip
-
-
-def _check_signal_model(need, data: Mapping, model: Mapping, where: str) -> None:
-    length = data.get("signal_length")
-    need(model.get("signal_length") == length, f"{where}.signal_length",
-         f"data.signal_length = {length}")  # fmt: skip
-    patch = model.get("patch_length", 16)
-    need(isinstance(length, int) and length % int(patch) == 0, f"{where}.patch_length",
-         f"a divisor of data.signal_length ({length})")  # fmt: skip
-    channels = model.get("channels")
-    if channels is not None and not data.get("root"):
-        expected = data.get("synthetic", {}).get("signal_channels", 6)
-        need(channels == expected, f"{where}.channels",
-             f"null (from the data) or data.synthetic.signal_channels = {expected}")  # fmt: skip
-
-
-_MODEL_CHECKS = {"video": _check_video_model, "signal": _check_signal_model}
 
 
 def _validate_resources(sweep: DictConfig) -> None:
@@ -279,9 +275,12 @@ def validate_study(cfg: DictConfig) -> None:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root: expected an existing folder, got {cfg.data.root!r}")
-    for name in methods:
-        base = trial_config(cfg, name)
-        validate_trial_config(base, source=f"methods.{name}")
+    if cfg.study.get("models") is not None and not isinstance(cfg.study.models, ListConfig):
+        raise ConfigError(f"study.models: expected a list of models, got {cfg.study.models!r}")
+    for model, name in study_runs(cfg):  # (an unknown model name fails in `compose`)
+        base = trial_config(cfg, name, model)
+        on = f" (model {model})" if model else ""
+        validate_trial_config(base, source=f"methods.{name}{on}")
         where = f"space.{name}"
         try:
             params = check_space(OmegaConf.to_container(cfg.space[name], resolve=True), where)

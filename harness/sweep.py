@@ -39,6 +39,8 @@ from harness.config import (
     compose,
     experiments,
     resolve_paths,
+    run_name,
+    study_runs,
     trial_config,
     validate_study,
 )
@@ -278,8 +280,9 @@ class _Engine:
         Outbox.to(self.state.tracking_uri).put(sync_call(self.state, [name]))
         return grid
 
-    def search(self, method: str):
-        """Optuna TPE over the method's space, trials run by Ray Tune (ASHA stops the weak ones
+    def search(self, method: str, model: str | None = None):
+        """Optuna TPE over the method's space (on `model` of `study.models`, named by
+        `run_name`), trials run by Ray Tune (ASHA stops the weak ones
         early when `sweep.scheduler=asha`, on `sweep.metric`). `sweep.objective=pareto`: Optuna's
         multi-objective TPE (MOTPE) over (`sweep.metric`, validation occlusion gap); TPE rather
         than NSGA-II, whose first generation (50 trials by default) would be random sampling at
@@ -288,6 +291,9 @@ class _Engine:
         space = OmegaConf.to_container(cfg.space[method], resolve=True)
         params = check_space(space, f"space.{method}")
         metrics, modes = _objectives(cfg.sweep)
+        name, tags = run_name(model, method), {"stage": "search", "method": method}
+        if model is not None:
+            tags["model"] = model
         pareto = len(metrics) > 1
 
         def tune_config() -> dict[str, Any]:
@@ -304,7 +310,7 @@ class _Engine:
                     n_startup_trials=int(cfg.sweep.startup_trials),
                 ),
                 storage=optuna.storages.RDBStorage(cfg.sweep.optuna_storage),
-                study_name=f"{cfg.study.name}-{method}" + ("-pareto" if pareto else ""),
+                study_name=f"{cfg.study.name}-{name}" + ("-pareto" if pareto else ""),
             )
             scheduler = None
             if cfg.sweep.scheduler == "asha":
@@ -318,8 +324,8 @@ class _Engine:
                         mode=cfg.sweep.mode, num_samples=int(cfg.sweep.num_samples))  # fmt: skip
 
         grid = self.fit(
-            f"search-{method}", self.trainable, trial_config(cfg, method),
-            {"stage": "search", "method": method}, int(cfg.sweep.num_samples), tune_config,
+            f"search-{name}", self.trainable, trial_config(cfg, method, model), tags,
+            int(cfg.sweep.num_samples), tune_config,
         )  # fmt: skip
         return grid, params
 
@@ -518,8 +524,9 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
 
     state, out = engine.state, engine.state.folder
     summaries, best_configs, seconds = {}, {}, {}
-    for method in cfg.study.methods:
-        grid, params = engine.search(method)
+    for model, searched in study_runs(cfg):
+        grid, params = engine.search(searched, model)
+        method = run_name(model, searched)  # the report's row
         (out / "report").mkdir(parents=True, exist_ok=True)
         grid.get_dataframe().to_csv(out / "report" / f"trials_{method}.csv", index=False)
         finished = _finished(grid)
@@ -544,7 +551,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
                 {**result.metrics, "seed": result.config["seed"]}
             )
     summaries = list(summaries.values())
-    table = comparison_table(summaries, dataset.name, dataset.synthetic)
+    table = _comparison(cfg, summaries, dataset, comparison_table)
     elapsed = time.perf_counter() - started
     objectives = _objectives(cfg.sweep)[0]
     selection = f"the best {objectives[0]} of each search" if len(objectives) == 1 else (
@@ -566,6 +573,9 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     if not dataset.synthetic:
         notes["data folder"] = f"{cfg.data.root} ({len(dataset.skipped)} files skipped)"
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
+    if cfg.study.get("models"):
+        title += " on " + ", ".join(cfg.study.models)
+        notes["p vs vanilla"] = "each model's methods against that model's own vanilla"
     paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
                              skipped_table(dataset.skipped))  # fmt: skip
     if (cfg.data.get("face_crop") or {}).get("enabled") and "video" in dataset.inputs:
@@ -611,6 +621,21 @@ def _write_report_page(out: Path) -> None:
     except Exception as error:
         print(f"warning: report page not written ({type(error).__name__}: {error}); the tables "
               f"are; rebuild it with: python -m harness.report {out}", file=sys.stderr)  # fmt: skip
+
+
+def _comparison(cfg: DictConfig, summaries: list, dataset: Dataset, comparison_table):
+    """The comparison table; with `study.models`, one block of rows per model, each paired
+    against its own vanilla (rows `<model>-<method>`)."""
+    if not cfg.study.get("models"):
+        return comparison_table(summaries, dataset.name, dataset.synthetic)
+    import pandas as pd
+
+    blocks = []
+    for model in cfg.study.models:
+        mine = [s for s in summaries if s.method.startswith(f"{model}-")]
+        block = comparison_table(mine, dataset.name, dataset.synthetic, f"{model}-vanilla")
+        blocks.append(block.rename(columns={f"p_vs_{model}-vanilla": "p_vs_vanilla"}))
+    return pd.concat(blocks, ignore_index=True)
 
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:

@@ -7,14 +7,16 @@ import pytest
 import torch
 
 from harness.data.synthetic import SyntheticSpec, generate
-from harness.explain import gradcam, reshape_tokens, rollout, rollout_grad, tibav
-from harness.explain.signal import (
-    SIGNAL_EXPLAINERS,
-    explain_signal,
-    mixing_matrices,
-    mixing_shares,
-    relevance_over_time,
+from harness.explain import (
+    EXPLAINERS,
+    explain_input,
+    gradcam,
+    reshape_tokens,
+    rollout,
+    rollout_grad,
+    tibav,
 )
+from harness.explain.signal import mixing_matrices, mixing_shares, relevance_over_time
 from harness.models.signal import LinformerAttention, SignalTransformer, mean_pooling_projection
 
 L, C, PATCH, K = 64, 3, 8, 4
@@ -140,10 +142,10 @@ def test_gradient_of_mixing_is_true_gradient_by_finite_differences():
     assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", SIGNAL_EXPLAINERS)
+@pytest.mark.parametrize("name", EXPLAINERS)
 def test_every_explainer_gives_finite_token_relevance(model, signals, name):
     params = {"k": 1.0} if name in ("rollout_fem", "fem") else {}
-    exp = explain_signal(model, signals, name, generator=torch.Generator().manual_seed(0), **params)
+    exp = explain_input(model, signals, name, generator=torch.Generator().manual_seed(0), **params)
     assert exp.relevance.shape == (2, N - 1)
     assert bool(torch.isfinite(exp.relevance).all())
     assert exp.logits.shape == (2, 3) and exp.target.shape == (2,)
@@ -156,9 +158,9 @@ def test_gradient_explainers_take_signed_mixing_and_its_gradient(model, signals)
     mixing = [m.detach() for m in out.attention.mixing]
     grads = out.attention.gradients(out.logits.gather(1, target[:, None]).sum()).mixing
     for name, fn in (("rollout_grad", rollout_grad), ("tibav", tibav)):
-        exp = explain_signal(model, signals, name, target=target)
+        exp = explain_input(model, signals, name, target=target)
         torch.testing.assert_close(exp.relevance, fn(mixing, grads))
-    exp = explain_signal(model, signals, "rollout")
+    exp = explain_input(model, signals, "rollout")
     torch.testing.assert_close(exp.relevance, rollout([mixing_shares(m) for m in mixing]))
 
 
@@ -187,8 +189,8 @@ def test_planted_token_is_ranked_first_by_rollout():
     x = torch.randn(2, L, C)
     expected = torch.zeros(2, N - 1)
     expected[:, j - 1], expected[:, m - 1] = 0.5, 0.25
-    torch.testing.assert_close(explain_signal(model, x, "rollout").relevance, expected)
-    fem_map = explain_signal(model, x, "rollout_fem", k=1.0).relevance
+    torch.testing.assert_close(explain_input(model, x, "rollout").relevance, expected)
+    fem_map = explain_input(model, x, "rollout_fem", k=1.0).relevance
     assert fem_map.argmax(-1).tolist() == [j - 1, j - 1]
     weights = relevance_over_time(expected, L)
     assert weights.argmax(-1).tolist() == [(j - 1) * PATCH + PATCH // 2 - 1] * 2  # token j
@@ -221,7 +223,7 @@ def test_bad_input_shape_and_bad_config_are_rejected(model):
     with pytest.raises(ValueError, match="projection_init must be one of pool, xavier, got 'eye'"):
         tiny(projection_init="eye")
     with pytest.raises(ValueError, match="unknown explainer 'nope'"):
-        explain_signal(model, torch.randn(1, L, C), "nope")
+        explain_input(model, torch.randn(1, L, C), "nope")
 
 
 def test_mean_pooling_projection_starts_e_and_f():
@@ -301,7 +303,7 @@ def test_cam_features_are_the_tokens_entering_the_last_block(model, signals):
     target = torch.zeros(2, dtype=torch.long)
     grid = reshape_tokens(out.features.detach(), model.grid), reshape_tokens(grad, model.grid)
     expected = gradcam(*grid)
-    torch.testing.assert_close(explain_signal(model, signals, "gradcam", target=target).relevance,
+    torch.testing.assert_close(explain_input(model, signals, "gradcam", target=target).relevance,
                                expected)  # fmt: skip
 
 
@@ -352,7 +354,7 @@ def test_tiny_model_learns_an_easy_synthetic_task_and_rollout_finds_the_event():
     with torch.no_grad():
         accuracy = float((model(x).logits.argmax(1) == y).float().mean())
     assert accuracy >= 0.9
-    weights = relevance_over_time(explain_signal(model, x, "rollout").relevance, L)
+    weights = relevance_over_time(explain_input(model, x, "rollout").relevance, L)
     inside = (torch.arange(L) >= start[:, None]) & (torch.arange(L) < start[:, None] + 16)
     mass = float(((weights * inside).sum(-1) / weights.sum(-1)).mean())
     assert mass >= 0.4

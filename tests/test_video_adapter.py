@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from harness.explain import ATTENTION_EXPLAINERS, NEEDS_GRADIENTS
-from harness.explain.video import (
-    VIDEO_EXPLAINERS,
-    compose_divided,
-    divided_steps,
-    explain_video,
-    tokens_to_grid,
-)
+from harness.explain import ATTENTION_EXPLAINERS, EXPLAINERS, NEEDS_GRADIENTS, explain_input
+from harness.explain.video import compose_divided, divided_steps, tokens_to_grid
 from harness.models.video import DividedAttention, TimeSformerClassifier
 
 EXACT = {"atol": 1e-5, "rtol": 1e-5}
@@ -99,10 +93,10 @@ def test_tokens_to_grid_reorders_patch_major_tokens():
         tokens_to_grid(tokens[:, :-1], (T, h, w))
 
 
-@pytest.mark.parametrize("name", VIDEO_EXPLAINERS)
+@pytest.mark.parametrize("name", EXPLAINERS)
 def test_every_explainer_gives_a_finite_map_per_frame_and_patch(model, name):
     clips = torch.rand(2, 4, 3, 16, 16)
-    explanation = explain_video(model, clips, name)
+    explanation = explain_input(model, clips, name)
     assert explanation.relevance.shape == (2, 4, 2, 2)
     assert torch.isfinite(explanation.relevance).all()
     assert not explanation.relevance.requires_grad
@@ -110,7 +104,7 @@ def test_every_explainer_gives_a_finite_map_per_frame_and_patch(model, name):
 
 def test_unknown_explainer_is_named(model):
     with pytest.raises(ValueError, match="unknown explainer 'nope'; expected one of"):
-        explain_video(model, torch.rand(1, 4, 3, 16, 16), "nope")
+        explain_input(model, torch.rand(1, 4, 3, 16, 16), "nope")
 
 
 # ------------------------------------------------- the block path equals the dense one
@@ -210,7 +204,7 @@ def test_explain_video_equals_the_dense_reference(name):
     model = model.double().eval()
     clips = torch.rand(3, 4, 3, 16, 16, dtype=torch.float64)
     target = torch.tensor([0, 1, 2])
-    explanation = explain_video(model, clips, name, target=target)
+    explanation = explain_input(model, clips, name, target=target)
     out = model(clips, capture=True)
     fn = ATTENTION_EXPLAINERS[name]
     steps = [s.detach() for s in compose_divided(out.attention)]
@@ -227,7 +221,7 @@ def test_cam_features_receive_gradient_on_patch_tokens(model):
     out = model(torch.rand(2, 4, 3, 16, 16), capture=True)
     (grad,) = torch.autograd.grad(out.logits[:, 0].sum(), out.features)
     assert grad[:, 1:].abs().sum() > 0
-    assert explain_video(model, torch.rand(2, 4, 3, 16, 16), "gradcam").relevance.abs().sum() > 0
+    assert explain_input(model, torch.rand(2, 4, 3, 16, 16), "gradcam").relevance.abs().sum() > 0
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -268,3 +262,72 @@ def test_gradient_steps_carry_no_gradient_on_the_class_pass_through(model):
     assert (temporal[:, :, 0, 0] == 0).all() and (
         compose_divided(out.attention)[0][:, :, 0, 0] == 1
     ).all()
+
+
+def _fixed_attention(module):
+    """TimesformerSelfAttention.forward with its probabilities detached (fixed)."""
+
+    def forward(hidden_states, output_attentions=False):
+        B, N, C = hidden_states.shape
+        qkv = module.qkv(hidden_states).reshape(B, N, 3, module.num_heads, C // module.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        probs = ((q @ k.transpose(-2, -1)) * module.scale).softmax(-1).detach()
+        context = (probs @ v).transpose(1, 2).reshape(B, N, C)
+        return (context, probs) if output_attentions else (context,)
+
+    return forward
+
+
+def test_composed_steps_equal_the_token_jacobian_of_the_linearised_model():
+    """Value and output projections the identity, norms and MLPs removed, attention fixed: the
+    class token's Jacobian with respect to the embedded tokens is the product of the composed
+    steps (I + X), the temporal step's class corner 0 (the class token skips that attention; the
+    corner 1 of `compose_temporal` is rollout's, whose renormalisation brings it back to 1)."""
+    torch.manual_seed(5)
+    model = TimeSformerClassifier.from_config(
+        3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
+    ).double().eval()
+    C, heads, eye = 16, 2, torch.eye(16, dtype=torch.float64)
+    inner = model.model.timesformer
+    with torch.no_grad():
+        for layer in inner.encoder.layer:
+            for name in ("layernorm_before", "layernorm_after", "temporal_layernorm"):
+                setattr(layer, name, torch.nn.Identity())
+            for attention in (layer.attention, layer.temporal_attention):
+                attention.attention.qkv.weight[2 * C :] = eye
+                attention.attention.qkv.bias[2 * C :] = 0
+                attention.output.dense.weight.copy_(eye)
+                attention.output.dense.bias.zero_()
+                attention.attention.forward = _fixed_attention(attention.attention)
+            layer.temporal_dense.weight.copy_(eye)
+            layer.temporal_dense.bias.zero_()
+            layer.output.dense.weight.zero_()
+            layer.output.dense.bias.zero_()
+    inner.layernorm = torch.nn.Identity()
+    leaf, seen = {}, {}
+
+    def embed_hook(module, args, output):
+        leaf["x"] = output.detach().requires_grad_()
+        return leaf["x"]
+
+    handles = [
+        inner.embeddings.register_forward_hook(embed_hook),
+        model.model.classifier.register_forward_hook(lambda m, a, o: seen.update(cls=a[0])),
+    ]
+    out = model(torch.rand(1, 4, 3, 16, 16, dtype=torch.float64), capture=True)
+    for handle in handles:
+        handle.remove()
+    steps = [s.detach().clone() for s in compose_divided(out.attention)]
+    for temporal in steps[0::2]:
+        temporal[:, :, 0, 0] = 0
+    T, P, n = 4, 4, 17
+    for head in range(heads):
+        product = torch.eye(n, dtype=torch.float64)
+        for x in steps:
+            product = (torch.eye(n, dtype=torch.float64) + x[0, head]) @ product
+        c = head * (C // heads)
+        (grad,) = torch.autograd.grad(seen["cls"][0, c], leaf["x"], retain_graph=True)
+        # transformers orders the tokens patch-major (1 + p*T + t), the steps frame-major
+        jacobian = torch.cat([grad[0, :1, c], grad[0, 1:, c].view(P, T).T.flatten()])
+        torch.testing.assert_close(jacobian, product[0], atol=1e-10, rtol=1e-9)
+        assert jacobian[1:].abs().min() > 0

@@ -17,24 +17,34 @@ Feature-map (CAM family), on features [B, C, *grid] -> [B, *grid]:
   eigencam      Muhammad & Yeasin, "Eigen-CAM", IJCNN 2020.
   reshape_tokens  token features [B, (1+)prod(grid), C] -> [B, C, *grid].
 random_relevance: the uniform random baseline every faithfulness evaluation compares against.
+
+On a model: `explain(model, inputs, explainer, target=None, **params)` gives relevance per input
+region of any model of harness/models, through its architecture's adapter
+(harness/explain/model.py); `explain_input` explains one input and also returns the logits and the
+explained class (`Explanation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 
 from torch import Tensor
 
 from .attention import random_relevance, rollout, rollout_fem, rollout_grad, tibav
 from .cam import eigencam, fem, gradcam, gradcam_pp, reshape_tokens
+from .model import Explanation, check_explainer, explain, explain_input
+from .registry import ATTENTION_EXPLAINERS, EXPLAINERS, FEATURE_EXPLAINERS, NEEDS_GRADIENTS
 
 __all__ = [
     "ATTENTION_EXPLAINERS",
     "EXPLAINERS",
     "FEATURE_EXPLAINERS",
     "NEEDS_GRADIENTS",
+    "Explanation",
+    "check_explainer",
     "eigencam",
+    "explain",
+    "explain_input",
     "explainer_names",
     "fem",
     "get_attention_explainer",
@@ -47,18 +57,6 @@ __all__ = [
     "rollout_grad",
     "tibav",
 ]
-
-# name -> fn(attentions, **kwargs), or fn(attentions, gradients) for the names in NEEDS_GRADIENTS
-ATTENTION_EXPLAINERS: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
-    {"rollout": rollout, "rollout_fem": rollout_fem, "rollout_grad": rollout_grad, "tibav": tibav}
-)
-# name -> fn(features, **kwargs), or fn(features, gradients) for the names in NEEDS_GRADIENTS
-FEATURE_EXPLAINERS: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
-    {"fem": fem, "gradcam": gradcam, "gradcam_pp": gradcam_pp, "eigencam": eigencam}
-)
-NEEDS_GRADIENTS = frozenset({"rollout_grad", "tibav", "gradcam", "gradcam_pp"})
-# Every explainer a config may name ("random" is the chance baseline).
-EXPLAINERS: tuple[str, ...] = (*ATTENTION_EXPLAINERS, *FEATURE_EXPLAINERS, "random")
 
 
 def explainer_names() -> tuple[str, ...]:

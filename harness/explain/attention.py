@@ -246,7 +246,10 @@ def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:
 
 
 def rollout_fem(
-    attentions: Sequence[Tensor | Mixing], k: float = 2.0, heads: str | Sequence[int] = "all"
+    attentions: Sequence[Tensor | Mixing],
+    k: float = 2.0,
+    heads: str | Sequence[int] = "all",
+    tokens: Tensor | None = None,
 ) -> Tensor:
     """Rollout-FEM (Ayyar, Benois-Pineau & Zemmari, ET poster): FEM's k-sigma rule on per-head
     rollouts.
@@ -260,9 +263,13 @@ def rollout_fem(
     heads: "all"; "top<n>" (e.g. "top2"): the n heads with the largest w_h, per sample;
     "nonempty": heads whose binary map has at least one and at most half of the tokens set (plain
     "non-empty" would equal "all", since empty maps add 0); or explicit head indices.
-    Returns [B, N-1].
+    tokens: the tokens the map is over (indices into 1..N-1, 0-based), when some tokens are not
+    input regions (e.g. Pool-T's frame tokens): the statistics and the result are over them only.
+    Returns [B, N-1], or [B, len(tokens)].
     """
     a = _class_row(_validate(attentions), lambda x: x, normalise=True)  # [B, H, N-1]
+    if tokens is not None:
+        a = a[..., tokens]
     binary, w = _ksigma_maps(a, k)  # [B, H, N-1], [B, H]
     w = w * _head_mask(heads, w, binary)
     s = (w.unsqueeze(-1) * binary).sum(1)  # [B, N-1]

@@ -46,44 +46,20 @@ relevance to the signal's samples for ET's weighting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from harness.explain import (
-    ATTENTION_EXPLAINERS,
-    EXPLAINERS,
-    FEATURE_EXPLAINERS,
-    NEEDS_GRADIENTS,
-    random_relevance,
-    reshape_tokens,
-)
-from harness.models.signal import LinformerAttentionMaps, SignalTransformer
+__all__ = ["FLOW_EXPLAINERS", "mixing_matrices", "mixing_shares", "relevance_over_time"]
 
-__all__ = [
-    "SIGNAL_EXPLAINERS",
-    "SignalExplanation",
-    "explain_signal",
-    "mixing_matrices",
-    "mixing_shares",
-    "relevance_over_time",
-]
-
-SIGNAL_EXPLAINERS = EXPLAINERS
 # Attention explainers that read M as a flow (proportions): they get the magnitude shares.
 FLOW_EXPLAINERS = frozenset({"rollout", "rollout_fem"})
 
 
-@dataclass
-class SignalExplanation:
-    relevance: torch.Tensor  # [B, N-1] over the time tokens, detached
-    logits: torch.Tensor  # [B, num_classes], detached
-    target: torch.Tensor  # [B] the class that was explained
-
-
-def mixing_matrices(maps: LinformerAttentionMaps) -> list[torch.Tensor]:
-    """Per-layer token-mixing matrices M = P F [B, H, N, N] (signed), first layer first.
+def mixing_matrices(maps: Any) -> list[torch.Tensor]:
+    """Per-layer token-mixing matrices M = P F [B, H, N, N] (signed), first layer first, of
+    captured Linformer maps (`harness.models.signal.LinformerAttentionMaps`).
 
     These are the captured tensors of the forward graph (gradients w.r.t. them exist). A gradient
     container (``maps.gradients(score)``) gives dM in the same layout.
@@ -97,56 +73,6 @@ def mixing_shares(mixing: torch.Tensor) -> torch.Tensor:
     magnitude = mixing.abs()
     total = magnitude.sum(-1, keepdim=True)
     return magnitude / torch.where(total > 0, total, torch.ones_like(total))
-
-
-def explain_signal(
-    model: SignalTransformer,
-    signals: torch.Tensor,
-    name: str,
-    *,
-    target: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    **params: object,
-) -> SignalExplanation:
-    """Explain `signals` [B, L, C] with explainer `name`; relevance [B, N-1] over time tokens.
-
-    `target` is the class to explain (default: the predicted class); only the class-specific
-    (gradient-based) explainers use it. `params` go to the explainer (e.g. k, heads, head_fusion).
-    """
-    if name not in SIGNAL_EXPLAINERS:
-        raise ValueError(
-            f"unknown explainer {name!r}; expected one of: {', '.join(SIGNAL_EXPLAINERS)}"
-        )
-    needs_grad = name in NEEDS_GRADIENTS
-    with torch.enable_grad() if needs_grad else torch.no_grad():
-        out = model(signals, capture=True)
-        logits = out.logits
-        if target is None:
-            target = logits.argmax(-1)
-        if name == "random":
-            relevance = random_relevance((signals.shape[0], model.num_patches), generator)
-            relevance = relevance.to(signals.device)
-        elif name in ATTENTION_EXPLAINERS:
-            fn = ATTENTION_EXPLAINERS[name]
-            mixing = mixing_matrices(out.attention)
-            if needs_grad:
-                score = logits.gather(1, target[:, None]).sum()
-                grads = mixing_matrices(out.attention.gradients(score))
-                relevance = fn([m.detach() for m in mixing], grads, **params)
-            elif name in FLOW_EXPLAINERS:
-                relevance = fn([mixing_shares(m) for m in mixing], **params)
-            else:  # an attention explainer registered later: give it the signed mixing
-                relevance = fn(mixing, **params)
-        else:
-            fn = FEATURE_EXPLAINERS[name]
-            features = reshape_tokens(out.features.detach(), model.grid)  # [B, D, N-1]
-            if needs_grad:
-                score = logits.gather(1, target[:, None]).sum()
-                (grad,) = torch.autograd.grad(score, out.features)
-                relevance = fn(features, reshape_tokens(grad, model.grid), **params)
-            else:
-                relevance = fn(features, **params)
-    return SignalExplanation(relevance.detach(), logits.detach(), target.detach())
 
 
 def relevance_over_time(relevance: torch.Tensor, signal_length: int) -> torch.Tensor:

@@ -26,8 +26,9 @@ Both matrices are block-diagonal (per patch, per frame) plus the class row and c
 `divided_steps` gives the same steps as `compose_divided` in that form (`TemporalMixing` and
 `SpatialMixing`, the `Mixing` of `harness.explain.attention`: the values of those entries, mostly
 views of the captured attentions, propagating the class row block by block). The explainers run on
-them unchanged, give the same result and never form an N x N matrix: `explain_video` uses them,
-and `compose_divided` with its dense matrices is the reference they are tested against.
+them unchanged, give the same result and never form an N x N matrix: the TimeSformer adapter
+(`harness.models.video.TimeSformerAdapter`) uses them, and `compose_divided` with its dense
+matrices is the reference they are tested against.
 
 The result of every explainer is one relevance per (frame, patch): [B, T, h, w].
 """
@@ -40,24 +41,31 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.explain import (
-    ATTENTION_EXPLAINERS,
-    EXPLAINERS,
-    FEATURE_EXPLAINERS,
-    NEEDS_GRADIENTS,
-    random_relevance,
-)
-from harness.explain.attention import Mixing
-from harness.models.video import DividedAttention, TimeSformerClassifier
-
-VIDEO_EXPLAINERS = EXPLAINERS
+from .attention import Mixing
+from .mixing import CapturedAttention
 
 
 @dataclass
-class Explanation:
-    relevance: torch.Tensor  # [B, T, h, w], detached
-    logits: torch.Tensor  # [B, num_classes], detached
-    target: torch.Tensor  # [B] the class that was explained
+class DividedAttention(CapturedAttention):
+    """Attention probabilities of every TimeSformer block, as the blocks computed them.
+
+    `captured` holds the tensors used in the forward graph (temporal then spatial, block by block):
+    take gradients with respect to them (`gradients`). Regrouped per clip:
+    temporal[l]: [B, P, H, T, T]  (query frame, key frame) for each spatial patch p;
+    spatial[l]:  [B, T, H, 1+P, 1+P]  (class token first) for each frame t.
+    Patches are numbered row-major on the (h, w) grid: p = row * w + col.
+    """
+
+    grid: tuple[int, int, int]  # (T, h, w)
+
+    @property
+    def temporal(self) -> list[torch.Tensor]:
+        T, h, w = self.grid
+        return [a.reshape(-1, h * w, *a.shape[1:]) for a in self.captured[0::2]]
+
+    @property
+    def spatial(self) -> list[torch.Tensor]:
+        return [a.reshape(-1, self.grid[0], *a.shape[1:]) for a in self.captured[1::2]]
 
 
 def compose_temporal(temporal: torch.Tensor, *, gradient: bool = False) -> torch.Tensor:
@@ -216,53 +224,3 @@ def tokens_to_grid(features: torch.Tensor, grid: tuple[int, int, int]) -> torch.
     if N != 1 + T * h * w:
         raise ValueError(f"expected 1 + {T}*{h}*{w} tokens for grid {grid}, got {N}")
     return features[:, 1:].reshape(B, h * w, T, C).permute(0, 3, 2, 1).reshape(B, C, T, h, w)
-
-
-def explain_video(
-    model: TimeSformerClassifier,
-    clips: torch.Tensor,
-    name: str,
-    *,
-    target: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    **params: object,
-) -> Explanation:
-    """Explain `clips` [B, T, 3, S, S] with explainer `name`; relevance [B, T, h, w].
-
-    `target` is the class to explain (default: the predicted class); only the class-specific
-    explainers (gradient-based) use it. `params` go to the explainer (e.g. k, heads).
-    """
-    if name not in VIDEO_EXPLAINERS:
-        raise ValueError(
-            f"unknown explainer {name!r}; expected one of: {', '.join(VIDEO_EXPLAINERS)}"
-        )
-    T, h, w = model.grid
-    needs_grad = name in NEEDS_GRADIENTS
-    with torch.enable_grad() if needs_grad else torch.no_grad():
-        out = model(clips, capture=True)
-        logits = out.logits
-        if target is None:
-            target = logits.argmax(-1)
-        if name == "random":
-            relevance = random_relevance((clips.shape[0], T, h, w), generator).to(clips.device)
-        elif name in ATTENTION_EXPLAINERS:
-            fn = ATTENTION_EXPLAINERS[name]
-            attention = out.attention
-            if needs_grad:
-                score = logits.gather(1, target[:, None]).sum()
-                dsteps = divided_steps(attention.gradients(score), gradient=True)
-                attention = DividedAttention([a.detach() for a in attention.captured], model.grid)
-                flat = fn(divided_steps(attention), dsteps, **params)
-            else:
-                flat = fn(divided_steps(attention), **params)
-            relevance = flat.reshape(-1, T, h, w)
-        else:
-            features = tokens_to_grid(out.features.detach(), model.grid)
-            fn = FEATURE_EXPLAINERS[name]
-            if needs_grad:
-                score = logits.gather(1, target[:, None]).sum()
-                (grad,) = torch.autograd.grad(score, out.features)
-                relevance = fn(features, tokens_to_grid(grad, model.grid), **params)
-            else:
-                relevance = fn(features, **params)
-    return Explanation(relevance.detach(), logits.detach(), target.detach())

@@ -1,10 +1,12 @@
 """How the training methods treat each kind of input, one adapter per modality.
 
 An adapter says, for its input: what the model sees of it (`view`), its explanation (relevance per
-token: video [B, T, h, w], signal [B, n]), how ET restricts it to that explanation (`restrict`,
-policy from the method config's `policy_key`), which attention IFI supervises (`attention`), and
-how the occlusion test hides its tokens (`occlude`). The methods loop over a model's modalities;
-nothing in them is specific to one input.
+input region: video [B, T, h, w], signal [B, n]), how ET restricts it to that explanation
+(`restrict`, policy from the method config's `policy_key`), which attention IFI supervises
+(`attention`), and how the occlusion test hides its regions (`occlude`). What depends on the
+architecture of the branch reading the input (its explanation, its supervised attentions, its
+region grid) comes from that branch's architecture adapter (harness/models/base.py). The methods
+loop over a model's modalities; nothing in them is specific to one input or one architecture.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from harness.explain.signal import explain_signal
-from harness.explain.video import explain_video
+from harness.explain import explain_input
 from harness.methods.crop import CROP_POLICIES, downsample
 from harness.methods.window import WINDOW_POLICIES
-
-AttentionPairs = list[tuple[Tensor, Tensor]]  # (attention A, d score / dA), heads on dim -3
+from harness.models.base import AttentionPairs
 
 
 class Modality(Protocol):
@@ -39,9 +39,26 @@ class Modality(Protocol):
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor: ...
 
 
-class VideoInput:
-    """Clips [B, T, 3, H, W] at storage resolution, seen by the TimeSformer area-downsampled to its
-    `image_size`; relevance per (frame, patch) [B, T, h, w]; ET crops (harness/methods/crop.py)."""
+class _Input:
+    """What every input shares: its branch's explanation and IFI attentions, from the branch's
+    architecture adapter."""
+
+    def __init__(self, branch: nn.Module) -> None:
+        self.adapter = branch.adapter
+
+    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
+        return explain_input(
+            branch, view, explainer, target=target, generator=generator, **params
+        ).relevance
+
+    def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
+        return self.adapter.supervised_attention(output, score, class_rows)
+
+
+class VideoInput(_Input):
+    """Clips [B, T, 3, H, W] at storage resolution, seen by the video model area-downsampled to its
+    `image_size`; relevance per (frame, patch) [B, T, h, w] (`grid`: the patch grid of the model's
+    input regions); ET crops (harness/methods/crop.py)."""
 
     name = "video"
     policy_key = "crop_policy"
@@ -49,28 +66,15 @@ class VideoInput:
     default_policy = "largest_region"
 
     def __init__(self, branch: nn.Module) -> None:
+        super().__init__(branch)
         self.size = int(branch.image_size)
         self.grid = tuple(branch.grid)  # (T, h, w)
 
     def view(self, x: Tensor) -> Tensor:
         return downsample(x, self.size)
 
-    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
-        return explain_video(
-            branch, view, explainer, target=target, generator=generator, **params
-        ).relevance
-
     def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
         return self.policies[policy](x, relevance, self.size, **kwargs)
-
-    def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
-        """Every block's spatial attention (only its class-token rows with `class_rows`) and,
-        unless `class_rows`, its temporal attention."""
-        grads = output.attention.gradients(score, retain_graph=True)
-        pairs = list(zip(output.attention.spatial, grads.spatial))
-        if not class_rows:
-            pairs += list(zip(output.attention.temporal, grads.temporal))
-        return pairs
 
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
         from harness.evaluate.occlusion import apply_occlusion  # evaluate imports the methods
@@ -79,7 +83,7 @@ class VideoInput:
         return apply_occlusion(x, mask.reshape(len(x), T, h * w), (h, w), value)
 
 
-class SignalInput:
+class SignalInput(_Input):
     """Standardised signals [B, L, C], seen whole by the Linformer; relevance per time token
     [B, n]; ET weights or cuts them (harness/methods/window.py).
 
@@ -94,22 +98,14 @@ class SignalInput:
     default_policy = "soft"
 
     def __init__(self, branch: nn.Module) -> None:
+        super().__init__(branch)
         self.tokens = int(branch.num_patches)
 
     def view(self, x: Tensor) -> Tensor:
         return x
 
-    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
-        return explain_signal(
-            branch, view, explainer, target=target, generator=generator, **params
-        ).relevance
-
     def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
         return self.policies[policy](x, relevance, **kwargs)
-
-    def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
-        grads = output.attention.gradients(score, retain_graph=True)
-        return list(zip(output.attention.probabilities, grads.probabilities))
 
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
         from harness.evaluate.occlusion import apply_signal_occlusion

@@ -61,11 +61,13 @@ negative (see ``harness.explain.signal`` for how the explainers treat that).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from harness.models.base import SingleInput
+from harness.explain.signal import FLOW_EXPLAINERS, mixing_matrices, mixing_shares
+from harness.models.base import Adapter, AttentionPairs, Need, SingleInput
 
 __all__ = [
     "Block",
@@ -393,3 +395,48 @@ class SignalTransformer(SingleInput, nn.Module):
             mixing=mixing,
         )
         return SignalOutput(logits=logits, attention=maps, features=features)
+
+
+class LinformerAdapter(Adapter):
+    """The Linformer to the harness: its mixing M = P F per block as the explainers' steps (the
+    magnitude shares for the flow explainers, see harness/explain/signal.py), its class token read
+    out as it is, relevance per time patch, IFI on P (harness/methods/modality.py says why)."""
+
+    name = "linformer"
+    inputs = ("signal",)
+
+    def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
+        if cfg.get("channels") is None:  # from the data unless the config names it
+            cfg["channels"] = signal_channels
+        return SignalTransformer(num_classes, **cfg)
+
+    def check(self, need: Need, data, cfg, where: str) -> None:
+        length = data.get("signal_length")
+        need(cfg.get("signal_length") == length, f"{where}.signal_length",
+             f"data.signal_length = {length}")  # fmt: skip
+        patch = cfg.get("patch_length", 16)
+        need(isinstance(length, int) and length % int(patch) == 0, f"{where}.patch_length",
+             f"a divisor of data.signal_length ({length})")  # fmt: skip
+        channels = cfg.get("channels")
+        if channels is not None and not data.get("root"):
+            expected = data.get("synthetic", {}).get("signal_channels", 6)
+            need(channels == expected, f"{where}.channels",
+                 f"null (from the data) or data.synthetic.signal_channels = {expected}")
+
+    def attention_steps(self, output: SignalOutput, explainer: str, score=None):
+        mixing = mixing_matrices(output.attention)
+        if score is not None:
+            grads = mixing_matrices(output.attention.gradients(score))
+            return [m.detach() for m in mixing], grads
+        if explainer in FLOW_EXPLAINERS:
+            return [mixing_shares(m) for m in mixing], None
+        return mixing, None  # an attention explainer registered later: the signed mixing
+
+    def supervised_attention(
+        self, output: SignalOutput, score: Tensor, class_rows: bool
+    ) -> AttentionPairs:
+        grads = output.attention.gradients(score, retain_graph=True)
+        return list(zip(output.attention.probabilities, grads.probabilities))
+
+
+SignalTransformer.adapter = LinformerAdapter()

@@ -10,6 +10,11 @@ The implementation is `transformers`' `TimesformerForVideoClassification`. Its
 on each block's `TimesformerSelfAttention` modules: a forward pre-hook asks the module for its
 attention probabilities and a forward hook keeps them. The captured tensors are the ones used in
 the forward graph, so gradients with respect to them are available (Rollout-Grad, TIBAV, IFI).
+
+`TimeSformerAdapter` describes it to the harness (harness/models/base.py): its forward as two
+token-mixing steps per block (harness/explain/video.py: temporal then spatial, the class token
+read out as it is), its CAM features the tokens entering the last block, its relevance per (frame,
+patch), and IFI on both attentions of every block.
 """
 
 from __future__ import annotations
@@ -22,36 +27,17 @@ from torch import nn
 from transformers import TimesformerConfig, TimesformerForVideoClassification
 from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
-from harness.models.base import SingleInput
-
-
-@dataclass
-class DividedAttention:
-    """Attention probabilities of every TimeSformer block, as the blocks computed them.
-
-    `captured` holds the tensors used in the forward graph (temporal then spatial, block by block):
-    take gradients with respect to them (`gradients`). Regrouped per clip:
-    temporal[l]: [B, P, H, T, T]  (query frame, key frame) for each spatial patch p;
-    spatial[l]:  [B, T, H, 1+P, 1+P]  (class token first) for each frame t.
-    Patches are numbered row-major on the (h, w) grid: p = row * w + col.
-    """
-
-    captured: list[torch.Tensor]
-    grid: tuple[int, int, int]  # (T, h, w)
-
-    @property
-    def temporal(self) -> list[torch.Tensor]:
-        T, h, w = self.grid
-        return [a.reshape(-1, h * w, *a.shape[1:]) for a in self.captured[0::2]]
-
-    @property
-    def spatial(self) -> list[torch.Tensor]:
-        return [a.reshape(-1, self.grid[0], *a.shape[1:]) for a in self.captured[1::2]]
-
-    def gradients(self, score: torch.Tensor, retain_graph: bool = False) -> DividedAttention:
-        """d score / d attention for every captured attention, in the same layout (detached)."""
-        grads = torch.autograd.grad(score, self.captured, retain_graph=retain_graph)
-        return DividedAttention([g.detach() for g in grads], self.grid)
+from harness.explain.video import DividedAttention, divided_steps, tokens_to_grid
+from harness.models.base import (
+    Adapter,
+    AttentionPairs,
+    Need,
+    SingleInput,
+    check_clip_shape,
+    check_clips,
+    spatial_temporal_pairs,
+)
+from harness.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -62,10 +48,6 @@ class VideoOutput:
     # feature map. Not the last block's output: only its class token reaches the classifier, so
     # the gradient on its patch tokens is zero (pytorch-grad-cam targets blocks[-1].norm1 too).
     features: torch.Tensor | None = None
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TimeSformerClassifier(SingleInput, nn.Module):
@@ -162,12 +144,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             self._captured.append(output[1])
 
     def forward(self, clips: torch.Tensor, *, capture: bool = False) -> VideoOutput:
-        B, T, C, S, _ = clips.shape
-        if T != self.num_frames or S != self.image_size or clips.shape[-1] != S:
-            raise ValueError(
-                f"clips must be [B, {self.num_frames}, 3, {self.image_size}, {self.image_size}] "
-                f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
-            )
+        check_clip_shape(clips, self.num_frames, self.image_size)
         pixels = (clips - self.mean) / self.std
         if not capture:
             return VideoOutput(logits=self.model(pixel_values=pixels).logits)
@@ -182,3 +159,37 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             attention=DividedAttention(probs, self.grid),
             features=out.hidden_states[-2],
         )
+
+
+class TimeSformerAdapter(Adapter):
+    name = "timesformer"
+    inputs = ("video",)
+
+    def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
+        return TimeSformerClassifier.from_config(num_classes, **cfg)
+
+    def check(self, need: Need, data, cfg, where: str) -> None:
+        check_clips(need, data, cfg, where)
+        if not cfg.get("pretrained"):
+            need(cfg["image_size"] % cfg["patch_size"] == 0, f"{where}.patch_size",
+                 f"a divisor of {where}.image_size ({cfg['image_size']})")  # fmt: skip
+
+    def attention_steps(self, output: VideoOutput, explainer: str, score=None):
+        attention = output.attention
+        if score is None:
+            return divided_steps(attention), None
+        gradients = divided_steps(attention.gradients(score), gradient=True)
+        return divided_steps(attention.detached()), gradients
+
+    def feature_grid(self, model: TimeSformerClassifier, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(tokens, model.grid)
+
+    def supervised_attention(
+        self, output: VideoOutput, score: torch.Tensor, class_rows: bool
+    ) -> AttentionPairs:
+        """Every block's spatial attention (only its class-token rows with `class_rows`) and,
+        unless `class_rows`, its temporal attention."""
+        return spatial_temporal_pairs(output.attention, score, class_rows)
+
+
+TimeSformerClassifier.adapter = TimeSformerAdapter()
