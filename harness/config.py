@@ -24,9 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
 from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
+from harness.explain.attention import HEAD_WEIGHTS
 from harness.explain.video import VIDEO_EXPLAINERS
 from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
+from harness.methods.ifi import VARIANTS as IFI_VARIANTS
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import MODEL_INPUTS
 from harness.search_space import check_space
@@ -140,8 +142,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         need(isinstance(model.get(modality, model), Mapping), where, "a mapping")
         _MODEL_CHECKS[modality](need, data, _get(config, where), where)
     if method["name"] == "ifi":
+        need(method.get("variant", "align") in IFI_VARIANTS, "method.variant",
+             f"one of {', '.join(IFI_VARIANTS)}")  # fmt: skip
         need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
         need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
+        need(float(method.get("gate_strength", 0)) >= 0, "method.gate_strength", "a number >= 0")
     if method["name"] == "et":
         need(method.get("explainer") in VIDEO_EXPLAINERS, "method.explainer",
              f"one of {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
@@ -149,6 +154,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         heads = method.get("heads", "all")
         need(isinstance(heads, list) or bool(_HEADS.match(str(heads))), "method.heads",
              "all, nonempty, top<n> or a list of head indices")  # fmt: skip
+        need(method.get("head_weight", "mean") in HEAD_WEIGHTS, "method.head_weight",
+             f"one of {', '.join(HEAD_WEIGHTS)}")  # fmt: skip
+        need(isinstance(method.get("normalise", True), bool), "method.normalise", "true or false")
+        need(0 <= float(method.get("discard_ratio", 0)) < 1, "method.discard_ratio",
+             "a fraction in [0, 1)")  # fmt: skip
         need(method.get("crop_policy", "largest_region") in CROP_POLICIES, "method.crop_policy",
              f"one of {', '.join(CROP_POLICIES)}")  # fmt: skip
         need(method.get("signal_policy", "soft") in WINDOW_POLICIES, "method.signal_policy",

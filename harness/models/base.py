@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+# gate(i, A) -> A': re-weights the i-th attention map of a forward pass (first layer first, in the
+# order the model captures its maps) before it mixes the values; same shape, heads on dim -3.
+# Every model has an `attention_gate` attribute applied this way (None: plain attention); IFI's
+# `gate` reading sets it for a training pass (harness/methods/ifi.py).
+AttentionGate = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class SingleInput:

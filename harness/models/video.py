@@ -10,6 +10,8 @@ The implementation is `transformers`' `TimesformerForVideoClassification`. Its
 on each block's `TimesformerSelfAttention` modules: a forward pre-hook asks the module for its
 attention probabilities and a forward hook keeps them. The captured tensors are the ones used in
 the forward graph, so gradients with respect to them are available (Rollout-Grad, TIBAV, IFI).
+`attention_gate` (harness/models/base.py), when set, re-weights each attention's probabilities
+through a forward hook on its `attn_drop` (the output replaces them before they mix the values).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from transformers import TimesformerConfig, TimesformerForVideoClassification
 from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
-from harness.models.base import SingleInput
+from harness.models.base import AttentionGate, SingleInput
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
     """
 
     modalities = ("video",)
+    attention_gate: AttentionGate | None = None
 
     def __init__(self, model: TimesformerForVideoClassification) -> None:
         super().__init__()
@@ -102,6 +105,8 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             for module in (layer.temporal_attention.attention, layer.attention.attention):
                 module.register_forward_pre_hook(self._ask_for_probabilities)
                 module.register_forward_hook(self._keep_probabilities)
+                module.attn_drop.register_forward_hook(self._gate_probabilities)
+        self._gated = 0  # maps gated so far in this forward pass
 
     @classmethod
     def from_config(
@@ -157,6 +162,12 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             return None
         return (args[0], True)
 
+    def _gate_probabilities(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        if self.attention_gate is None:
+            return None
+        self._gated += 1
+        return self.attention_gate(self._gated - 1, output)
+
     def _keep_probabilities(self, module: nn.Module, args: tuple, output: tuple) -> None:
         if self._captured is not None:
             self._captured.append(output[1])
@@ -169,6 +180,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
                 f"for this model (model.num_frames, model.image_size), got {list(clips.shape)}"
             )
         pixels = (clips - self.mean) / self.std
+        self._gated = 0
         if not capture:
             return VideoOutput(logits=self.model(pixel_values=pixels).logits)
         self._captured = []
