@@ -149,7 +149,7 @@ def _naive_eigencam(x):
         centred = flat - flat.mean(0)
         v = np.linalg.svd(centred)[2][0]
         v = v if flat.mean(0) @ v > 0 else -v
-        out.append((centred @ v).reshape(sample.shape[1:]))
+        out.append(np.maximum(centred @ v, 0).reshape(sample.shape[1:]))
     return torch.from_numpy(np.stack(out))
 
 
