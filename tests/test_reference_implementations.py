@@ -109,7 +109,8 @@ def test_gradcam_equals_captum_layer_gradcam_on_the_token_features():
     torch.manual_seed(0)
     model = TimeSformerClassifier.from_config(
         3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
-    ).double().eval()
+    )
+    model = model.double().eval()
     layers = model.model.timesformer.encoder.layer
     view = _GridView(layers[-1], model.grid)
     layers[-1] = view  # the tokens entering the last block, as explain_video reads them
@@ -133,7 +134,7 @@ def _scorer():
 
 
 def _cell_drops(f, clips, target, value):
-    """f(x) - f(x with cell (t, j) occluded by `apply_occlusion`), per (frame, cell): [B, T, h*w]."""
+    """f(x) - f(x with cell (t, j) occluded by `apply_occlusion`): [B, T, h*w]."""
     B, T = clips.shape[:2]
     base = f(clips)[range(B), target]
     drops = torch.zeros(B, T, 4, dtype=clips.dtype)
