@@ -202,3 +202,24 @@ def test_config_validation_names_the_new_keys():
         trial["method"][key] = value
         with pytest.raises(ConfigError, match=f"method.{key}: expected {expected}"):
             validate_trial_config(trial)
+
+
+@pytest.mark.parametrize("variant", ["align_heads", "gate"])
+def test_hybrid_guides_both_branches(variant):
+    from harness.models.hybrid import HybridClassifier
+
+    model = HybridClassifier(_video_model(), _signal_model())
+    torch.manual_seed(1)
+    batch = Batch(
+        {"video": torch.rand(4, 4, 3, 16, 16), "signal": torch.randn(4, 64, 2)},
+        torch.arange(4) % 3,
+        torch.arange(4),
+    )
+    method = _method({"name": "ifi", "variant": variant, "gate_strength": 2.0}, model)
+    loss, logits = method.loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.shape == (4, 3)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.video.attention_gate is None and model.signal.attention_gate is None
+    if variant == "gate":  # the fused prediction of the gated pass is not the plain one
+        assert not torch.allclose(logits, method.predict(model, batch.inputs))
