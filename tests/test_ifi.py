@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import _signal_model  # the same small Linformer
 
 from harness.config import ConfigError, validate_trial_config
 from harness.data import Batch
@@ -18,7 +19,6 @@ from harness.methods.ifi import (
     relevance_alignment,
 )
 from harness.methods.modality import modalities_of
-from harness.models.signal import SignalTransformer
 from harness.models.video import TimeSformerClassifier
 
 
@@ -27,14 +27,6 @@ def _video_model():
     return TimeSformerClassifier.from_config(
         3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
     )
-
-
-def _signal_model():
-    torch.manual_seed(0)
-    return SignalTransformer(
-        3, signal_length=64, channels=2, patch_length=8, hidden_size=16, num_layers=2,
-        num_heads=2, proj_dim=4,
-    )  # fmt: skip
 
 
 def _batch(kind, n=4):
