@@ -160,7 +160,8 @@ class IFI(TrainingMethod):
             logits = self.forward(model, views)[0]
         score = logits.gather(1, batch.labels[:, None]).sum()
         flat = [a for m in views for a in maps[m]]
-        grads = iter(torch.autograd.grad(score, flat))
+        # A map the score does not reach (no gradient) has no relevance: its gate is the identity.
+        grads = iter(torch.autograd.grad(score, flat, allow_unused=True, materialize_grads=True))
         relevance = {m: [gate_relevance(a, next(grads)) for a in maps[m]] for m in views}
         del flat, maps, logits, score  # the first pass's graph is freed here
         strength = float(self.cfg.get("gate_strength", 1.0))
