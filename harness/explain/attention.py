@@ -262,6 +262,13 @@ HEAD_WEIGHTS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def head_rollouts(attentions: Sequence[Tensor | Mixing], normalise: bool = True) -> Tensor:
+    """Each head rolled out on its own (Rollout-FEM's first step): the class row of
+    A'_{L,h} ... A'_{1,h}, A'_{l,h} = D^-1 (I + A_{l,h}) (D the row sums if ``normalise``, else
+    I), over tokens 1..N-1: [B, H, N-1]."""
+    return _class_row(_validate(attentions), lambda x: x, normalise=bool(normalise))
+
+
 def rollout_fem(
     attentions: Sequence[Tensor | Mixing],
     k: float = 2.0,
@@ -304,7 +311,7 @@ def rollout_fem(
         raise ValueError(
             f"head_weight must be one of {', '.join(HEAD_WEIGHTS)}; got {head_weight!r}"
         )
-    a = _class_row(_validate(attentions), lambda x: x, normalise=bool(normalise))  # [B, H, N-1]
+    a = head_rollouts(attentions, normalise)  # [B, H, N-1]
     binary, _ = _ksigma_maps(a, k)  # [B, H, N-1]
     w = HEAD_WEIGHTS[head_weight](a)  # [B, H]
     w = w * _head_mask(heads, w, binary)
