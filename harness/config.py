@@ -26,8 +26,10 @@ from harness.data.folders import BAD_FILE_POLICIES, LAYOUTS, layout_options
 from harness.data.video_io import SAMPLING_POLICIES
 from harness.evaluate.occlusion import OCCLUSION_FILLS
 from harness.explain import EXPLAINERS
+from harness.explain.attention import HEAD_WEIGHTS
 from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
+from harness.methods.ifi import VARIANTS as IFI_VARIANTS
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import ARCHITECTURES, adapter_of
 from harness.search_space import check_space
@@ -173,8 +175,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
                 f"{explainer!r}; it supports: {', '.join(supported)}"
             )
     if method["name"] == "ifi":
+        need(method.get("variant", "align") in IFI_VARIANTS, "method.variant",
+             f"one of {', '.join(IFI_VARIANTS)}")  # fmt: skip
         need(float(method.get("weight", 0)) >= 0, "method.weight", "a number >= 0")
         need(method.get("rows") in ("all", "class"), "method.rows", "all or class")
+        need(float(method.get("gate_strength", 0)) >= 0, "method.gate_strength", "a number >= 0")
     if method["name"] == "et":
         need(method.get("explainer") in EXPLAINERS, "method.explainer",
              f"one of {', '.join(EXPLAINERS)}")  # fmt: skip
@@ -182,6 +187,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         heads = method.get("heads", "all")
         need(isinstance(heads, list) or bool(_HEADS.match(str(heads))), "method.heads",
              "all, nonempty, top<n> or a list of head indices")  # fmt: skip
+        need(method.get("head_weight", "mean") in HEAD_WEIGHTS, "method.head_weight",
+             f"one of {', '.join(HEAD_WEIGHTS)}")  # fmt: skip
+        need(isinstance(method.get("normalise", True), bool), "method.normalise", "true or false")
+        need(0 <= float(method.get("discard_ratio", 0)) < 1, "method.discard_ratio",
+             "a fraction in [0, 1)")  # fmt: skip
         need(method.get("crop_policy", "largest_region") in CROP_POLICIES, "method.crop_policy",
              f"one of {', '.join(CROP_POLICIES)}")  # fmt: skip
         need(method.get("signal_policy", "soft") in WINDOW_POLICIES, "method.signal_policy",

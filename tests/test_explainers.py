@@ -77,27 +77,27 @@ def _naive_product(atts, grads, layer_matrix):
     return torch.stack(out)
 
 
-def _naive_head_rollouts(atts):
-    """[B, H, N-1] per-head class rows, full matrix products."""
+def _naive_head_rollouts(atts, normalise=True, with_class=False):
+    """[B, H, N-1] per-head class rows (or [B, H, N] with the class token), full matrix products."""
     bsz, heads, n, _ = atts[0].shape
     eye = torch.eye(n, dtype=torch.float64)
-    out = torch.zeros(bsz, heads, n - 1, dtype=torch.float64)
+    out = torch.zeros(bsz, heads, n, dtype=torch.float64)
     for b in range(bsz):
         for h in range(heads):
             r = eye
             for a in atts:
                 m = a[b, h] + eye
-                r = (m / m.sum(-1, keepdim=True)) @ r
-            out[b, h] = r[0, 1:]
-    return out
+                r = (m / m.sum(-1, keepdim=True) if normalise else m) @ r
+            out[b, h] = r[0]
+    return out if with_class else out[..., 1:]
 
 
-def _naive_rollout_fem(atts, k=2.0, heads="all"):
-    a = _naive_head_rollouts(atts)
+def _naive_rollout_fem(atts, k=2.0, heads="all", head_weight="mean", normalise=True):
+    a = _naive_head_rollouts(atts, normalise)
     bsz, n_heads, _ = a.shape
     out = torch.zeros(bsz, a.shape[-1], dtype=torch.float64)
     for b in range(bsz):
-        w = [a[b, h].mean() for h in range(n_heads)]
+        w = [a[b, h].mean() if head_weight == "mean" else a[b, h].max() for h in range(n_heads)]
         maps = [
             (a[b, h] >= a[b, h].mean() + k * a[b, h].std(correction=0)).double()
             for h in range(n_heads)
@@ -149,7 +149,7 @@ def _naive_eigencam(x):
         centred = flat - flat.mean(0)
         v = np.linalg.svd(centred)[2][0]
         v = v if flat.mean(0) @ v > 0 else -v
-        out.append((centred @ v).reshape(sample.shape[1:]))
+        out.append(np.maximum(centred @ v, 0).reshape(sample.shape[1:]))
     return torch.from_numpy(np.stack(out))
 
 
@@ -165,9 +165,55 @@ def test_rollout_matches_naive(fusion, ratio):
 
 @pytest.mark.parametrize("heads", ["all", "top1", "top3", "nonempty", [0, 2], (3,)])
 @pytest.mark.parametrize("k", [0.0, 1.0, 2.0])
-def test_rollout_fem_matches_naive(heads, k):
+@pytest.mark.parametrize("head_weight", ["mean", "max"])
+def test_rollout_fem_matches_naive(heads, k, head_weight):
     atts = _attentions(n=12)
-    assert_close(rollout_fem(atts, k, heads), _naive_rollout_fem(atts, k, heads), **TOL)
+    assert_close(
+        rollout_fem(atts, k, heads, head_weight),
+        _naive_rollout_fem(atts, k, heads, head_weight),
+        **TOL,
+    )
+
+
+def test_rollout_fem_unnormalised_matches_naive_and_off_row_stochastic_differs():
+    # Maps whose rows do not sum to 1 (an offset): normalise decides the result.
+    atts = [a + 0.05 * torch.rand_like(a) for a in _attentions(n=12)]
+    for normalise in (True, False):
+        assert_close(
+            rollout_fem(atts, 0.5, "top2", "max", normalise),
+            _naive_rollout_fem(atts, 0.5, "top2", "max", normalise),
+            **TOL,
+        )
+    assert not torch.allclose(rollout_fem(atts, 0.5), rollout_fem(atts, 0.5, normalise=False))
+
+
+@pytest.mark.parametrize("head_weight", ["mean", "max"])
+@pytest.mark.parametrize("heads", ["all", "top2", "nonempty"])
+def test_rollout_fem_normalise_is_a_no_op_on_row_stochastic_attention(head_weight, heads):
+    """Rows of I + A sum to 2: the unnormalised rollout is the normalised one times 2^L."""
+    atts = _attentions(n=12, layers=4)
+    assert_close(
+        _naive_head_rollouts(atts, normalise=False), 2**4 * _naive_head_rollouts(atts), **TOL
+    )
+    for k in (0.5, 1.0, 2.0):
+        plain = rollout_fem(atts, k, heads, head_weight)
+        assert_close(rollout_fem(atts, k, heads, head_weight, normalise=False), plain, **TOL)
+
+
+def test_rollout_fem_mean_weight_is_the_class_tokens_leftover():
+    """w_h = mean_j a_h[j] = (1 - r_h[cls]) / (N - 1): the normalised rollout is row-stochastic."""
+    n = 12
+    atts = _attentions(n=n)
+    rows = _naive_head_rollouts(atts, with_class=True)  # [B, H, N]
+    assert_close(rows.sum(-1), torch.ones(rows.shape[:2], dtype=torch.float64), **TOL)
+    assert_close(rows[..., 1:].mean(-1), (1 - rows[..., 0]) / (n - 1), **TOL)
+    # So top1 by the mean weight is the head keeping the least on the class token ...
+    top1 = rollout_fem(atts, 1.0, "top1")
+    for b, h in enumerate(rows[..., 0].argmin(-1).tolist()):
+        assert_close(top1[b : b + 1], rollout_fem([a[b : b + 1] for a in atts], 1.0, [h]), **TOL)
+    # ... and by the max weight the one with the highest peak, here another head for a sample.
+    peak = rows[..., 1:].amax(-1).argmax(-1)
+    assert (peak != rows[..., 0].argmin(-1)).any()
 
 
 def test_rollout_grad_and_tibav_match_naive():
@@ -353,6 +399,8 @@ def test_fem_argument_errors():
         rollout_fem(atts, k=-1.0)
     with pytest.raises(ValueError, match="k must be >= 0"):
         fem(_features(), k=-0.5)
+    with pytest.raises(ValueError, match="head_weight must be one of mean, max; got 'sum'"):
+        rollout_fem(atts, head_weight="sum")
     for heads in ("best", "top0", f"top{H + 1}"):
         with pytest.raises(ValueError, match="heads must be 'all', 'nonempty', 'top<n>'"):
             rollout_fem(atts, heads=heads)

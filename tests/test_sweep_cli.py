@@ -25,7 +25,11 @@ def test_default_and_smoke_studies_are_valid():
     [
         ("study.methods=[vanilla,boosting]", "study.methods: unknown method 'boosting'"),
         ("methods.et.k=-1", "method.k: expected K >= 0"),
-        ("space.et.method.k.low=-0.5", r"space.et.method.k = -0.5: method.k: expected K >= 0"),
+        ("space.et.method.k.low=-0.5", r"space.et.method.k.low: a log-scaled range needs low > 0"),
+        (
+            "space.et.method.discard_ratio.high=1.0",
+            r"space.et.method.discard_ratio = 1.0: method.discard_ratio: expected a fraction",
+        ),
         ("data.root=/no/such/folder", "data.root: expected an existing folder"),
         ("methods.et.crop_policy=zoom", "method.crop_policy: expected one of largest_region"),
         ("space.et.method.explainer.choices=[rollout,magic]", "method.explainer: expected one of"),

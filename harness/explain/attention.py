@@ -42,11 +42,15 @@ class Mixing(Protocol):
     as the values of the entries that can be non-zero, every other entry being 0.
 
     parts: those values, each entry once, in tensors [..., *shape_i] (any strides, e.g. views of
-    the model's own attention tensors); the first entry of parts[0] is X[0, 0];
+    the model's own attention tensors); the first entry of parts[0] is X[0, 0]; a mixing may carry
+    further parts that are no entries of X but that its `discard` needs (they go through the same
+    entry-wise steps);
     with_parts(parts): the same structure holding other values (other leading dims allowed);
     first_row(): X[0, :] [..., N];
     propagate(r, normalise): r [..., N] -> r D^-1 (I + X) [..., N], D = diag(rowsum(I + X)) if
-    normalise else I: one step of the class-row propagation.
+    normalise else I: one step of the class-row propagation;
+    discard(ratio): rollout's discard ratio, applied to each raw attention map X is composed of
+    (one map for a plain ViT layer; one per frame and one per patch for TimeSformer's steps).
     """
 
     n: int  # N, the number of tokens
@@ -57,6 +61,11 @@ class Mixing(Protocol):
     def first_row(self) -> Tensor: ...
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor: ...
+
+    def discard(self, ratio: float) -> Mixing:
+        """The same mixing with `discard_lowest` applied to each attention map it is made of
+        (heads fused: parts [B, ...]), before those maps are composed into X."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,33 @@ class DenseMixing:
         if normalise:
             r = r / (1 + x.sum(-1))
         return r + (r.unsqueeze(-2) @ x).squeeze(-2)
+
+    def discard(self, ratio: float) -> DenseMixing:
+        """X is one attention map, the class token first (a ViT layer): vit-explain's rule on it."""
+        (x,) = self.parts
+        return DenseMixing(self.n, (discard_lowest(x.flatten(-2), ratio).view_as(x),))
+
+
+def discard_lowest(maps: Tensor, ratio: float, spare_first: bool = True) -> Tensor:
+    """Rollout's discard ratio as jacobgil/vit-explain applies it (``vit_rollout.py``: the fused
+    map flattened, its ``int(ratio * size)`` lowest entries set to 0 except the flat index 0, the
+    class token's attention to itself).
+
+    maps: [..., E], each row the E entries one attention map can have (for an n x n map over the
+    class token and n - 1 others, its n^2 entries; the class token's self-attention first). Each
+    row drops its own int(ratio * E) lowest entries; entry 0 is ranked but never dropped when
+    ``spare_first`` (so one fewer entry goes when it is among the lowest, as in vit-explain), which
+    is how a map without a class token (``spare_first=False``) differs. Ties at the cut are all
+    dropped (vit-explain's topk breaks them arbitrarily; ties do not occur in softmax maps).
+    """
+    n_drop = int(maps.shape[-1] * ratio)
+    if n_drop == 0:
+        return maps
+    cut = maps.kthvalue(n_drop, -1, keepdim=True).values
+    drop = maps <= cut
+    if spare_first:
+        drop[..., 0] = False
+    return maps.masked_fill(drop, 0)
 
 
 def _as_mixing(name: str, i: int, a: Tensor | Mixing) -> Mixing:
@@ -148,18 +184,20 @@ def _class_row(
     layers: list[tuple[Mixing, ...]],
     build: Callable[..., Tensor],
     normalise: bool,
-    finish: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    finish: Callable[[Mixing], Mixing] | None = None,
 ) -> Tensor:
     """e_0^T M_L ... M_1 over tokens 1..N-1, M_l = D_l^-1 (I + X_l).
 
     X_l has the structure of layers[l][0] and, part by part, the values build(*(the part of each
-    of layers[l])) (``...`` = B or B, H), then finish(all of them) if given;
+    of layers[l])) (``...`` = B or B, H), then is finish(X_l) if given;
     D_l = diag(rowsum(I + X_l)) if normalise else I. Returns [..., N-1].
     """
     r = None
     for layer in reversed(layers):
         parts = [build(*same) for same in zip(*(m.parts for m in layer))]
-        x = layer[0].with_parts(parts if finish is None else finish(parts))
+        x = layer[0].with_parts(parts)
+        if finish is not None:
+            x = finish(x)
         if r is None:  # e_0 (I + X_L) = e_0 + X_L[0, :], whose sum is row 0's sum of I + X_L
             r = x.first_row().clone()
             r[..., 0] += 1
@@ -170,52 +208,24 @@ def _class_row(
     return r[..., 1:]
 
 
-def _discard_lowest(parts: list[Tensor], n: int, ratio: float) -> list[Tensor]:
-    """Zero the int(ratio * N^2) lowest entries of each N x N matrix, given as parts [B, ...]: the
-    values of its entries that can be non-zero (the first of parts[0] is [0, 0]; the N^2 - E
-    others are zeros, which count in the ranking). The entry [0, 0] is spared (jacobgil/vit-explain
-    convention: the spared entry is not replaced). Ties at the cut are all dropped (vit-explain's
-    topk breaks them arbitrarily); dropping a zero changes nothing, so only the parts change."""
-    n_drop = int(n * n * ratio)
-    if n_drop == 0:
-        return parts
-    f = torch.cat([p.flatten(1) for p in parts], 1)  # [B, E]
-    n_zero = n * n - f.shape[-1]  # implicit zeros
-    cut = f.kthvalue(min(n_drop, f.shape[-1]), -1, keepdim=True).values
-    if n_zero:  # sorted: f's negatives, then the zeros, then f's other entries
-        above = f.kthvalue(max(n_drop - n_zero, 1), -1, keepdim=True).values
-        negatives = (f < 0).sum(-1, keepdim=True)
-        zero_cut = torch.where(n_drop <= negatives + n_zero, 0, above)
-        cut = torch.where(n_drop <= negatives, cut, zero_cut)
-    out = []
-    for i, p in enumerate(parts):
-        drop = p <= cut.view(-1, *[1] * (p.dim() - 1))
-        if i == 0:
-            drop.view(drop.shape[0], -1)[:, 0] = False
-        out.append(p.masked_fill(drop, 0))
-    return out
-
-
 def rollout(
     attentions: Sequence[Tensor | Mixing], head_fusion: str = "mean", discard_ratio: float = 0.0
 ) -> Tensor:
     """Attention rollout (Abnar & Zuidema, "Quantifying attention flow in transformers", ACL 2020).
 
     Per layer: F_l = fuse_h(A_l) (mean | min | max over heads), optionally with the lowest
-    ``discard_ratio`` fraction of each flattened F_l set to 0 (never F[0, 0], as vit-explain);
-    A'_l = (F_l + I) / rowsum; rollout = A'_L ... A'_1. Returns its class row over tokens 1..N-1,
-    unnormalised: [B, N-1].
+    ``discard_ratio`` fraction of each of its attention maps' entries set to 0 (vit-explain's
+    rule, `discard_lowest`: a ViT layer is one map, its class self-attention spared; a
+    TimeSformer block's steps are composed of one map per patch and one per frame, each discarded
+    on its own before composing, see `Mixing.discard`); A'_l = (F_l + I) / rowsum;
+    rollout = A'_L ... A'_1. Returns its class row over tokens 1..N-1, unnormalised: [B, N-1].
     """
     if head_fusion not in _FUSIONS:
         raise ValueError(f"head_fusion must be one of {', '.join(_FUSIONS)}; got {head_fusion!r}")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1); got {discard_ratio}")
-    fuse = _FUSIONS[head_fusion]
-    layers = _validate(attentions)
-    n = layers[0][0].n
-    return _class_row(
-        layers, fuse, normalise=True, finish=lambda f: _discard_lowest(f, n, discard_ratio)
-    )
+    finish = (lambda m: m.discard(discard_ratio)) if discard_ratio > 0 else None
+    return _class_row(_validate(attentions), _FUSIONS[head_fusion], normalise=True, finish=finish)
 
 
 def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:
@@ -245,32 +255,70 @@ def _head_mask(heads: str | Sequence[int], w: Tensor, binary: Tensor) -> Tensor:
     return mask.expand_as(w)
 
 
+# Rollout-FEM head weights w_h from a head's rolled-out class row a_h [B, H, N-1].
+HEAD_WEIGHTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "mean": lambda a: a.mean(-1),  # the ET poster (FEM's channel weight, the mean activation)
+    "max": lambda a: a.amax(-1),  # the RFEM paper (arXiv 2510.06070)
+}
+
+
+def head_rollouts(attentions: Sequence[Tensor | Mixing], normalise: bool = True) -> Tensor:
+    """Each head rolled out on its own (Rollout-FEM's first step): the class row of
+    A'_{L,h} ... A'_{1,h}, A'_{l,h} = D^-1 (I + A_{l,h}) (D the row sums if ``normalise``, else
+    I), over tokens 1..N-1: [B, H, N-1]."""
+    return _class_row(_validate(attentions), lambda x: x, normalise=bool(normalise))
+
+
 def rollout_fem(
     attentions: Sequence[Tensor | Mixing],
     k: float = 2.0,
     heads: str | Sequence[int] = "all",
+    head_weight: str = "mean",
+    normalise: bool = True,
     tokens: Tensor | None = None,
 ) -> Tensor:
-    """Rollout-FEM (Ayyar, Benois-Pineau & Zemmari, ET poster): FEM's k-sigma rule on per-head
-    rollouts.
+    """Rollout-FEM: FEM's k-sigma rule on per-head rollouts. The ET poster (Ayyar, Benois-Pineau &
+    Zemmari), and RFEM (the same authors, "There is More to Attention: Statistical Filtering
+    Enhances Explanations in Vision Transformers", arXiv 2510.06070).
 
-    Per head h: A'_{l,h} = (I + A_{l,h}) / rowsum, rolled out across layers with the same head
-    index, class row a_h over the N-1 tokens. b_h = 1[a_h >= mu_h + k sigma_h] (mean and
-    population std over the tokens, per sample and head; sigma_h = 0 up to rounding, e.g. uniform
-    attention, makes every token pass), w_h = mu_h. Saliency S = sum_{h in heads} w_h b_h,
-    divided by its max per sample (max is 1, or an all-zero map stays 0).
+    Per head h: A'_{l,h} = D^-1 (I + A_{l,h}) (D the row sums when ``normalise``, else I), rolled
+    out across layers with the same head index, class row a_h over the N-1 tokens.
+    b_h = 1[a_h >= mu_h + k sigma_h] (mean and population std over the tokens, per sample and head;
+    sigma_h = 0 up to rounding, e.g. uniform attention, makes every token pass). Head weight
+    ``head_weight``: "mean", w_h = mu_h (the poster, after FEM's mean-activation weight) or "max",
+    w_h = max_j a_h[j] (RFEM). Saliency S = sum_{h in heads} w_h b_h, divided by its max per sample
+    (max is 1, or an all-zero map stays 0).
 
-    heads: "all"; "top<n>" (e.g. "top2"): the n heads with the largest w_h, per sample;
-    "nonempty": heads whose binary map has at least one and at most half of the tokens set (plain
-    "non-empty" would equal "all", since empty maps add 0); or explicit head indices.
+    What the weights carry. With row-stochastic attention (softmax maps, the divided steps, the
+    Linformer shares) each normalised rollout is row-stochastic, so a_h sums to 1 - r_h[cls]
+    (r_h[cls] the relevance the class token keeps on itself) and the mean weight is exactly
+    w_h = (1 - r_h[cls]) / (N - 1): it ranks heads by how little relevance stays on the class
+    token, not by the shape of their maps, and differs little between heads. The max weight ranks
+    them by their peak, i.e. by how concentrated their map is.
+
+    ``normalise``: every row of I + A sums to 2 for row-stochastic A, so D = 2I and the
+    unnormalised rollout is the normalised one times 2^L, for every head alike. The k-sigma rule,
+    both weights, the head selections and the final division by the max are invariant to that one
+    factor: for such attention ``normalise`` changes nothing (it matters only for maps whose rows
+    do not sum to 1, e.g. an all-zero Linformer share row).
+
+    heads: "all"; "top<n>" (e.g. "top2"): the n heads with the largest w_h, per sample (with
+    "mean": the heads keeping the least relevance on the class token; with "max": the most peaked
+    ones); "nonempty": heads whose binary map has at least one and at most half of the tokens set
+    (plain "non-empty" would equal "all", since empty maps add 0); or explicit head indices.
     tokens: the tokens the map is over (indices into 1..N-1, 0-based), when some tokens are not
     input regions (e.g. Pool-T's frame tokens): the statistics and the result are over them only.
     Returns [B, N-1], or [B, len(tokens)].
     """
-    a = _class_row(_validate(attentions), lambda x: x, normalise=True)  # [B, H, N-1]
+    if head_weight not in HEAD_WEIGHTS:
+        raise ValueError(
+            f"head_weight must be one of {', '.join(HEAD_WEIGHTS)}; got {head_weight!r}"
+        )
+    a = head_rollouts(attentions, normalise)  # [B, H, N-1]
     if tokens is not None:
         a = a[..., tokens]
-    binary, w = _ksigma_maps(a, k)  # [B, H, N-1], [B, H]
+    binary, _ = _ksigma_maps(a, k)  # [B, H, N-1]
+    w = HEAD_WEIGHTS[head_weight](a)  # [B, H]
     w = w * _head_mask(heads, w, binary)
     s = (w.unsqueeze(-1) * binary).sum(1)  # [B, N-1]
     peak = s.amax(-1, keepdim=True)

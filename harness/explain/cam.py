@@ -65,8 +65,18 @@ def fem(features: Tensor, k: float = 2.0) -> Tensor:
     Per channel c over the grid positions: B_c = 1[A_c >= mu_c + k sigma_c] (population std),
     w_c = mu_c = mean(A_c); saliency S = sum_c w_c B_c, min-max normalised to [0, 1] per sample
     (a constant map gives zeros). A channel constant up to rounding has sigma_c = 0, so B_c = 1.
-    pytorch-grad-cam's fem.py differs: it weights the raw activations A_c (not B_c) by the fraction
-    of positions above a strict threshold.
+
+    Signs. The paper's features are post-ReLU CNN activations, so every w_c >= 0. Transformer
+    token features are signed: a channel with a negative mean lowers S where it is salient (its
+    positions above mu_c + k sigma_c). We keep the paper's formula as written (no clamp of w_c or
+    of S before the min-max), so the map's zero is its minimum, whatever the sign of the sum.
+
+    pytorch-grad-cam's fem.py is another reading: it weights the raw activations A_c (not B_c) by
+    the fraction of positions strictly above the threshold, sum_c mean(1[A_c > t_c]) A_c, then
+    clamps at 0 and min-max scales (base_cam.py). The two coincide when every channel is
+    v_c 1[support_c] with v_c > 0 and its support covers less than 1 / (1 + k^2) of the positions
+    (then B_c is that support, mu_c = v_c |support_c| / P, and both sums are sum_c mu_c B_c);
+    they differ whenever activations vary inside or outside the salient positions.
 
     features: [B, C, *grid] -> [B, *grid]
     """
@@ -108,13 +118,16 @@ def gradcam_pp(features: Tensor, gradients: Tensor) -> Tensor:
 
 def eigencam(features: Tensor) -> Tensor:
     """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): projection of the features on their first
-    principal component, as pytorch-grad-cam's get_2d_projection.
+    principal component, clamped at 0, as pytorch-grad-cam computes it (utils/svd_on_activations.py
+    get_2d_projection, then base_cam.py's np.maximum(cam, 0)).
 
     Per sample X = features as [P positions, C]; Xc = X - mean_P(X); v = first right-singular
-    vector of Xc; map = Xc v. The SVD leaves the sign of v arbitrary (pytorch-grad-cam keeps it);
-    here v is oriented so that mean_P(X) . v > 0, i.e. the uncentred projection X v has a positive
-    sum (the centred one always sums to 0), falling back to a positive largest-|.| entry on an
-    exact tie. The map is returned raw (signed, not relu'd, not normalised), like the reference.
+    vector of Xc; map = relu(Xc v). The SVD leaves the sign of v arbitrary, and with the clamp a
+    flipped v keeps the other half of the positions; pytorch-grad-cam keeps whatever sign LAPACK
+    returns. Here v is oriented so that mean_P(X) . v > 0, i.e. the uncentred projection X v has a
+    positive sum (the centred one always sums to 0), falling back to a positive largest-|.| entry
+    on an exact tie. Not min-max scaled (pytorch-grad-cam's scale_cam_image): the consumers here
+    rank positions or threshold them relative to the maximum, which a positive scale leaves as is.
 
     features: [B, C, *grid] -> [B, *grid]
     """
@@ -126,7 +139,8 @@ def eigencam(features: Tensor) -> Tensor:
     orient = (x.sum(1) * v).sum(-1)  # [B] sum of X v
     peak = proj.gather(1, proj.abs().argmax(1, keepdim=True)).squeeze(1)  # [B]
     sign = torch.where(orient != 0, orient, peak).sign()
-    return (proj * sign.unsqueeze(-1)).view(features.shape[:1] + features.shape[2:])
+    proj = (proj * sign.unsqueeze(-1)).relu()
+    return proj.view(features.shape[:1] + features.shape[2:])
 
 
 def reshape_tokens(tokens: Tensor, grid: Sequence[int]) -> Tensor:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attention import Mixing
+from .attention import Mixing, discard_lowest
 from .mixing import CapturedAttention
 
 
@@ -146,6 +146,13 @@ class TemporalMixing:
         r0 = r[..., :1] if normalise else r[..., :1] * (1 + corner)
         return torch.cat([r0, rp.transpose(-1, -2).flatten(-2)], -1)
 
+    def discard(self, ratio: float) -> TemporalMixing:
+        """Each patch's T x T temporal map on its own; no class token, nothing spared (the
+        corner is the class token's pass-through, not an attention weight: never dropped)."""
+        corner, blocks = self.parts
+        kept = discard_lowest(blocks.flatten(-2), ratio, spare_first=False).view_as(blocks)
+        return self.with_parts((corner, kept))
+
 
 @dataclass(frozen=True)
 class SpatialMixing:
@@ -153,12 +160,14 @@ class SpatialMixing:
 
     parts: X's row 0 [..., N] (X[0, 0], then the class row X[0, (t, q)] at 1 + t*P + q); the rows
     of the patches [..., T, P, 1+P], [t, p, 0] = X[(t, p), 0] (class column) and [t, p, 1 + q] =
-    X[(t, p), (t, q)] (frame t's block). Every other entry is 0.
+    X[(t, p), (t, q)] (frame t's block). Every other entry is 0. A third part, each frame's class
+    self-attention a_t[0, 0] [..., T] (X[0, 0] is their mean), is no entry of X: it completes frame
+    t's own map for `discard`, which ranks each frame's map as vit-explain ranks a ViT's.
     """
 
     frames: int
     patches: int
-    parts: tuple[Tensor, Tensor]
+    parts: tuple[Tensor, Tensor, Tensor]
 
     @property
     def n(self) -> int:
@@ -171,7 +180,7 @@ class SpatialMixing:
         return self.parts[0]
 
     def propagate(self, r: Tensor, normalise: bool) -> Tensor:
-        first, rows = self.parts
+        first, rows, _ = self.parts
         if normalise:
             sums = torch.cat([first.sum(-1, keepdim=True), rows.sum(-1).flatten(-2)], -1)
             r = r / sums.add_(1)
@@ -184,6 +193,17 @@ class SpatialMixing:
         # mixed [..., T, 1+P]: r X through the class column, then through the blocks
         out = torch.cat([mixed[..., 0].sum(-1, keepdim=True), mixed[..., 1:].flatten(-2)], -1)
         return out.addcmul_(r[..., :1], first).add_(r)  # + r[0] X[0, :] + r
+
+    def discard(self, ratio: float) -> SpatialMixing:
+        """Each frame's (1+P) x (1+P) spatial map on its own, as vit-explain treats a ViT's map
+        (class self-attention a_t[0, 0] first and spared), then composed again."""
+        first, rows, corners = self.parts
+        T, P = self.frames, self.patches
+        cls_rows = first[..., 1:].unflatten(-1, (T, P)) * T  # a_t[0, 1 + q]
+        maps = torch.cat([corners.unsqueeze(-1), cls_rows, rows.flatten(-2)], -1)  # [..., T, E]
+        kept = discard_lowest(maps, ratio)
+        first = torch.cat([first[..., :1], kept[..., 1 : 1 + P].flatten(-2) / T], -1)
+        return self.with_parts((first, kept[..., 1 + P :].view_as(rows), corners))
 
 
 def temporal_step(temporal: Tensor, *, gradient: bool = False) -> TemporalMixing:
@@ -203,9 +223,8 @@ def spatial_step(spatial: Tensor, *, gradient: bool = False) -> SpatialMixing:
         corner, row = s[..., 0, 0].sum(-1, keepdim=True), s[..., 0, 1:] * T
     else:
         corner, row = s[..., 0, 0].mean(-1, keepdim=True), s[..., 0, 1:] / T
-    return SpatialMixing(
-        T, s.shape[-1] - 1, (torch.cat([corner, row.flatten(2)], -1), s[..., 1:, :])
-    )
+    first = torch.cat([corner, row.flatten(2)], -1)
+    return SpatialMixing(T, s.shape[-1] - 1, (first, s[..., 1:, :], s[..., 0, 0]))
 
 
 def divided_steps(attention: DividedAttention, *, gradient: bool = False) -> list[Mixing]:

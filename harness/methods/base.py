@@ -26,7 +26,7 @@ from harness.methods.modality import Modality, views
 # explainer -> the method-config keys it takes
 EXPLAINER_PARAMS: dict[str, tuple[str, ...]] = {
     "rollout": ("head_fusion", "discard_ratio"),
-    "rollout_fem": ("k", "heads"),
+    "rollout_fem": ("k", "heads", "head_weight", "normalise"),
     "fem": ("k",),
 }
 

@@ -80,6 +80,12 @@ class Adapter:
     def supervised_attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs:
         raise NotImplementedError
 
+# gate(i, A) -> A': re-weights the i-th attention map of a forward pass (first layer first, in the
+# order the model captures its maps) before it mixes the values; same shape, heads on dim -3.
+# Every model has an `attention_gate` attribute applied this way (None: plain attention); IFI's
+# `gate` reading sets it for a training pass (harness/methods/ifi.py).
+AttentionGate = Callable[[int, torch.Tensor], torch.Tensor]
+
 
 class SingleInput:
     """Mixin of a classifier of one input: it is its own (only) branch, its logits that branch's."""

@@ -55,11 +55,14 @@ tensor of the forward graph: ``forward(x, capture=True)`` returns P, F and M of 
 gradients of a score with respect to P and M are true gradients (dP = dM F^T). No attention
 dropout is applied, so the captured maps are exactly the ones that mixed the tokens. M is a real
 matrix, not row-stochastic: rowsum(M)_i = sum_k P[i, k] rowsum(F)_k, and its entries can be
-negative (see ``harness.explain.signal`` for how the explainers treat that).
+negative (see ``harness.explain.signal`` for how the explainers treat that). ``attention_gate``
+(harness/models/base.py), when set, re-weights each layer's P before it mixes the values.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.explain.signal import FLOW_EXPLAINERS, mixing_matrices, mixing_shares
-from harness.models.base import Adapter, AttentionPairs, Need, SingleInput
+from harness.models.base import Adapter, AttentionGate, AttentionPairs, Need, SingleInput
 
 __all__ = [
     "Block",
@@ -189,13 +192,17 @@ class LinformerAttention(nn.Module):
         """F [k, N] (E itself when key-value sharing is on)."""
         return self.E if self.F is None else self.F
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, N, D] -> (out [B, N, D], P [B, H, N, k], M [B, H, N, N])."""
+    def forward(
+        self, x: Tensor, gate: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, N, D] -> (out [B, N, D], P [B, H, N, k], M [B, H, N, N]); `gate` re-weights P."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, d]
         keys = self.E @ k  # [k, N] @ [B, H, N, d] -> [B, H, k, d]
         p = ((q * self.scale) @ keys.transpose(-2, -1)).softmax(-1)  # [B, H, N, k]
+        if gate is not None:
+            p = gate(p)
         m = p @ self.value_projection  # [B, H, N, N]
         out = (m @ v).transpose(1, 2).reshape(B, N, D)  # = P (F V)
         return self.proj_drop(self.proj(out)), p, m
@@ -237,9 +244,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, gate: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, N, D] -> (x' [B, N, D], P [B, H, N, k], M [B, H, N, N])."""
-        out, p, m = self.attn(self.norm1(x))
+        out, p, m = self.attn(self.norm1(x), gate)
         x = x + out
         x = x + self.mlp(self.norm2(x))
         return x, p, m
@@ -273,6 +282,7 @@ class SignalTransformer(SingleInput, nn.Module):
     layer's attention (P, F, M) and the tokens entering the last block, all in the forward graph."""
 
     modalities = ("signal",)
+    attention_gate: AttentionGate | None = None
 
     def __init__(
         self,
@@ -381,9 +391,10 @@ class SignalTransformer(SingleInput, nn.Module):
         h = self.tokenize(x)
         probabilities: list[Tensor] = []
         mixing: list[Tensor] = []
-        for block in self.blocks:
+        gate = self.attention_gate
+        for i, block in enumerate(self.blocks):
             features = h
-            h, p, m = block(h)
+            h, p, m = block(h, None if gate is None else functools.partial(gate, i))
             probabilities.append(p)
             mixing.append(m)
         logits = self.head(self.norm(h)[:, 0])

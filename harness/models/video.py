@@ -15,6 +15,9 @@ the forward graph, so gradients with respect to them are available (Rollout-Grad
 token-mixing steps per block (harness/explain/video.py: temporal then spatial, the class token
 read out as it is), its CAM features the tokens entering the last block, its relevance per (frame,
 patch), and IFI on both attentions of every block.
+
+`attention_gate` (harness/models/base.py), when set, re-weights each attention's probabilities
+through a forward hook on its `attn_drop` (the output replaces them before they mix the values).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from transformers.models.timesformer.modeling_timesformer import TimesformerDrop
 from harness.explain.video import DividedAttention, divided_steps, tokens_to_grid
 from harness.models.base import (
     Adapter,
+    AttentionGate,
     AttentionPairs,
     Need,
     SingleInput,
@@ -59,6 +63,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
     """
 
     modalities = ("video",)
+    attention_gate: AttentionGate | None = None
 
     def __init__(self, model: TimesformerForVideoClassification) -> None:
         super().__init__()
@@ -84,6 +89,8 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             for module in (layer.temporal_attention.attention, layer.attention.attention):
                 module.register_forward_pre_hook(self._ask_for_probabilities)
                 module.register_forward_hook(self._keep_probabilities)
+                module.attn_drop.register_forward_hook(self._gate_probabilities)
+        self._gated = 0  # maps gated so far in this forward pass
 
     @classmethod
     def from_config(
@@ -139,6 +146,12 @@ class TimeSformerClassifier(SingleInput, nn.Module):
             return None
         return (args[0], True)
 
+    def _gate_probabilities(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        if self.attention_gate is None:
+            return None
+        self._gated += 1
+        return self.attention_gate(self._gated - 1, output)
+
     def _keep_probabilities(self, module: nn.Module, args: tuple, output: tuple) -> None:
         if self._captured is not None:
             self._captured.append(output[1])
@@ -146,6 +159,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
     def forward(self, clips: torch.Tensor, *, capture: bool = False) -> VideoOutput:
         check_clip_shape(clips, self.num_frames, self.image_size)
         pixels = (clips - self.mean) / self.std
+        self._gated = 0
         if not capture:
             return VideoOutput(logits=self.model(pixel_values=pixels).logits)
         self._captured = []
