@@ -19,20 +19,42 @@ from harness.methods.ifi import (
     relevance_alignment,
 )
 from harness.methods.modality import modalities_of
+from harness.models.pool_t import PoolTClassifier
+from harness.models.swin import VideoSwinClassifier
 from harness.models.video import TimeSformerClassifier
 
 
-def _video_model():
+def _video_model(architecture="timesformer"):
+    """A tiny model of 4-frame 16 x 16 clips (TimeSformer, Pool-T or Video Swin-T)."""
     torch.manual_seed(0)
+    if architecture == "pool_t":
+        return PoolTClassifier(3, num_frames=4, image_size=16, patch_size=8, hidden_size=16,
+                               spatial_layers=1, temporal_layers=1, num_heads=2, pool_hidden=8)
+    if architecture == "video_swin_t":
+        return VideoSwinClassifier(3, num_frames=4, image_size=16, patch_size=(2, 4, 4),
+                                   embed_dim=16, depths=(2,), num_heads=(2,),
+                                   window_size=(2, 2, 2), drop_path=0.0)  # fmt: skip
     return TimeSformerClassifier.from_config(
         3, num_frames=4, image_size=16, patch_size=8, hidden_size=16, num_layers=2, num_heads=2
     )
 
 
+def _model(kind):
+    return _signal_model() if kind == "signal" else _video_model(kind)
+
+
+def _maps(kind, attention):
+    """The attention maps a model's capture holds (Pool-T's last one is its pooling's weights)."""
+    if kind == "signal":
+        return attention.probabilities
+    return attention.captured[:-1] if kind == "pool_t" else attention.captured
+
+
 def _batch(kind, n=4):
     torch.manual_seed(1)
-    x = torch.rand(n, 4, 3, 16, 16) if kind == "video" else torch.randn(n, 64, 2)
-    return Batch({kind: x}, torch.arange(n) % 3, torch.arange(n))
+    if kind == "signal":
+        return Batch({"signal": torch.randn(n, 64, 2)}, torch.arange(n) % 3, torch.arange(n))
+    return Batch({"video": torch.rand(n, 4, 3, 16, 16)}, torch.arange(n) % 3, torch.arange(n))
 
 
 def _method(cfg, model):
@@ -84,12 +106,15 @@ def test_gate_relevance_and_reweighting_by_hand():
 # ---------------------------------------------------------------- the gate inside the models
 
 
-@pytest.mark.parametrize("kind", ["video", "signal"])
+KINDS = ["video", "pool_t", "video_swin_t", "signal"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_gate_replaces_every_attention_map_the_model_uses(kind):
-    model = _video_model() if kind == "video" else _signal_model()
-    x = _batch(kind).inputs[kind]
+    model = _model(kind)
+    x = _batch(kind).inputs["signal" if kind == "signal" else "video"]
     plain = model(x, capture=True)
-    maps = plain.attention.captured if kind == "video" else plain.attention.probabilities
+    maps = _maps(kind, plain.attention)
     seen = []
 
     def uniform(i, a):
@@ -100,8 +125,7 @@ def test_the_gate_replaces_every_attention_map_the_model_uses(kind):
         gated = model(x, capture=True)
     assert model.attention_gate is None
     assert seen == [(i, a.shape) for i, a in enumerate(maps)]  # every map, in capture order
-    gated_maps = gated.attention.captured if kind == "video" else gated.attention.probabilities
-    for a in gated_maps:  # the captured maps are the ones that mixed the values
+    for a in _maps(kind, gated.attention):  # the captured maps are the ones that mixed the values
         torch.testing.assert_close(a, torch.full_like(a, 1 / a.shape[-1]))
     assert not torch.allclose(gated.logits, plain.logits)
     torch.testing.assert_close(model(x).logits, plain.logits)  # and no gate afterwards
@@ -121,21 +145,17 @@ def test_gate_is_removed_when_the_pass_fails():
 # ---------------------------------------------------------------- the gated training pass
 
 
-@pytest.mark.parametrize("kind", ["video", "signal"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_gated_loss_rebuilt_from_the_capture_api(kind):
-    model = (_video_model() if kind == "video" else _signal_model()).eval()
+    model = _model(kind).eval()
     batch = _batch(kind)
     method = _method({"name": "ifi", "variant": "gate", "gate_strength": 3.0}, model)
     loss, logits = method.loss(model, batch)
     # Reference: R from the model's own capture API and gradients, then a gated forward.
-    view = method.view(batch.inputs)[kind]
+    view = method.view(batch.inputs)["signal" if kind == "signal" else "video"]
     out = model(view, capture=True)
     score = out.logits.gather(1, batch.labels[:, None]).sum()
-    attention = out.attention
-    if kind == "video":
-        maps, grads = attention.captured, attention.gradients(score).captured
-    else:
-        maps, grads = attention.probabilities, attention.gradients(score).probabilities
+    maps, grads = _maps(kind, out.attention), _maps(kind, out.attention.gradients(score))
     relevance = [gate_relevance(a, g) for a, g in zip(maps, grads)]
     assert all(r.amax() == 1 for r in relevance)  # the relevance is not vacuous
     with attention_gates({model: lambda i, a: gated_attention(a, relevance[i], 3.0)}):

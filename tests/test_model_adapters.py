@@ -90,3 +90,37 @@ def test_explain_gives_relevance_per_input_for_any_model():
         torch.testing.assert_close(r, single.relevance)
     single = explain(hybrid.video, inputs["video"], "rollout")
     assert isinstance(single, torch.Tensor) and single.shape == (2, 2, 2, 2)
+
+
+def test_discard_ratio_applies_to_each_window_or_frame_map_on_its_own():
+    """vit-explain's rule per attention map: each group's block loses its own lowest entries
+    (a Pool-T frame map spares its frame token's self-attention); merges and readouts are no
+    attention maps and are left alone."""
+    from harness.explain.mixing import GroupMixing, ReadoutMixing
+
+    maps = [[[0.5, 0.3], [0.2, 0.9]], [[0.1, 0.6], [0.7, 0.4]]]
+    blocks = torch.tensor(maps, dtype=torch.float64)[None]  # [1, G, m, m]
+    corner = torch.zeros(1, 1, dtype=torch.float64)
+    mixing = GroupMixing(5, torch.tensor([[1, 2], [3, 4]]), (corner, blocks))
+    kept = mixing.discard(0.5).parts[1]  # 2 of each map's 4 entries go
+    assert kept.tolist() == [[[[0.5, 0.0], [0.0, 0.9]], [[0.0, 0.6], [0.7, 0.0]]]]
+    spared = GroupMixing(5, mixing.index, (corner, blocks), class_first=True).discard(0.5)
+    assert spared.parts[1][0, 1].tolist() == [[0.1, 0.6], [0.7, 0.0]]  # first entry spared
+    merge = GroupMixing(5, mixing.index, (corner, blocks), attention=False)
+    assert merge.discard(0.5) is merge
+    readout = ReadoutMixing(5, (torch.rand(1, 5),))
+    assert readout.discard(0.5) is readout
+
+
+@pytest.mark.parametrize("name", ["pool_t", "video_swin_t"])
+def test_rollout_with_a_discard_ratio_runs_on_every_video_model(name):
+    torch.manual_seed(0)
+    cfg = {"name": name, "num_frames": 4, "image_size": 16}
+    cfg |= {"patch_size": 8, "hidden_size": 8, "num_heads": 2} if name == "pool_t" else {
+        "patch_size": [2, 4, 4], "embed_dim": 8, "depths": [2], "num_heads": [2],
+        "window_size": [2, 2, 2]}  # fmt: skip
+    model = build_model(cfg, 3).eval()
+    clips = torch.rand(2, 4, 3, 16, 16)
+    plain, discarded = (explain(model, clips, "rollout", discard_ratio=r) for r in (0.0, 0.5))
+    assert plain.shape == discarded.shape and torch.isfinite(discarded).all()
+    assert not torch.allclose(plain, discarded)

@@ -22,8 +22,8 @@ from torch import nn
 from transformers import ViTConfig, ViTModel
 
 from harness.evaluate.occlusion import apply_occlusion, get_occlusion_fill
-from harness.explain import eigencam, fem, gradcam_pp, rollout
-from harness.explain.video import explain_video, tokens_to_grid
+from harness.explain import eigencam, explain_input, fem, gradcam_pp, rollout
+from harness.explain.video import tokens_to_grid
 from harness.models.video import TimeSformerClassifier
 
 # ---------------------------------------------------------------- vit-explain's rollout
@@ -113,10 +113,10 @@ def test_gradcam_equals_captum_layer_gradcam_on_the_token_features():
     model = model.double().eval()
     layers = model.model.timesformer.encoder.layer
     view = _GridView(layers[-1], model.grid)
-    layers[-1] = view  # the tokens entering the last block, as explain_video reads them
+    layers[-1] = view  # the tokens entering the last block, as the adapter reads them
     clips = torch.rand(3, 4, 3, 16, 16, dtype=torch.float64)
     target = torch.tensor([0, 2, 1])
-    ours = explain_video(model, clips, "gradcam", target=target).relevance  # [B, T, h, w]
+    ours = explain_input(model, clips, "gradcam", target=target).relevance  # [B, T, h, w]
     captum = LayerGradCam(lambda x: model(x).logits, view.features)
     reference = captum.attribute(clips, target=target, relu_attributions=True)  # [B, 1, T, h, w]
     assert reference.shape == (3, 1, *model.grid) and reference.abs().sum() > 0

@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from .attention import discard_lowest
+
 
 @dataclass
 class CapturedAttention:
@@ -42,14 +44,27 @@ class CapturedAttention:
 @dataclass(frozen=True)
 class GroupMixing:
     """parts: (corner [..., 1], blocks [..., G, m, m]); index [G, m] token ids in 1..N-1, each at
-    most once."""
+    most once. Each block is one attention map (a frame's, a window's), unless `attention` is
+    False (a fixed mixing such as a patch merge); `class_first`: each group's first token is a
+    class token (a Pool-T frame token), whose self-attention `discard` spares (vit-explain)."""
 
     n: int
     index: Tensor
     parts: tuple[Tensor, Tensor]
+    class_first: bool = False
+    attention: bool = True
 
     def with_parts(self, parts: Sequence[Tensor]) -> GroupMixing:
-        return GroupMixing(self.n, self.index, tuple(parts))
+        return replace(self, parts=tuple(parts))
+
+    def discard(self, ratio: float) -> GroupMixing:
+        """vit-explain's rule on each group's map on its own (`discard_lowest` over its m x m
+        entries); a fixed mixing is left as it is."""
+        if not self.attention:
+            return self
+        corner, blocks = self.parts
+        kept = discard_lowest(blocks.flatten(-2), ratio, spare_first=self.class_first)
+        return replace(self, parts=(corner, kept.view_as(blocks)))
 
     def first_row(self) -> Tensor:
         corner = self.parts[0]
@@ -78,6 +93,10 @@ class ReadoutMixing:
 
     def with_parts(self, parts: Sequence[Tensor]) -> ReadoutMixing:
         return ReadoutMixing(self.n, tuple(parts))
+
+    def discard(self, ratio: float) -> ReadoutMixing:
+        """A readout (a pooling's weights) is no attention map: rollout's discard leaves it."""
+        return self
 
     def first_row(self) -> Tensor:
         return self.parts[0]

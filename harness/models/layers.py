@@ -2,14 +2,17 @@
 
 `Attention` is multi-head self-attention whose probabilities are computed in one place,
 `Attention.probabilities(logits)` (softmax over the keys): the one method to override or hook to
-change how an attention is formed (e.g. IFI's gate). While a model is `capturing`, every
-`Attention` appends the probabilities it used, the very tensors of the forward graph (no attention
-dropout), so the gradients of a score with respect to them are true gradients.
+change how an attention is formed. While a model is `gating` (its `attention_gate` set, IFI's
+gate reading), the i-th `Attention` to run passes its probabilities A through
+`attention_gate(i, A)`. While a model is `capturing`, every `Attention` appends the probabilities
+it used (gated or not), the very tensors of the forward graph (no attention dropout), so the
+gradients of a score with respect to them are true gradients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -29,10 +32,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.kept: list[Tensor] | None = None  # set by `capturing`
+        self.gate: Callable[[Tensor], Tensor] | None = None  # set by `gating`
 
     def probabilities(self, logits: Tensor) -> Tensor:
-        """Attention logits [..., N, N] -> probabilities (softmax over the keys)."""
-        return logits.softmax(-1)
+        """Attention logits [..., N, N] -> probabilities (softmax over the keys), through the
+        model's gate while it is `gating`."""
+        attention = logits.softmax(-1)
+        return attention if self.gate is None else self.gate(attention)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
@@ -86,6 +92,23 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@contextmanager
+def gating(model: nn.Module) -> Iterator[None]:
+    """Within it, with `model.attention_gate` set (an `AttentionGate`, harness/models/base.py),
+    the i-th `Attention` of `model` to run (in this forward, the order they are captured in)
+    returns attention_gate(i, A) for its probabilities A; nothing changes when it is None."""
+    gate = getattr(model, "attention_gate", None)
+    modules = [m for m in model.modules() if isinstance(m, Attention)] if gate is not None else []
+    order = itertools.count()
+    for m in modules:
+        m.gate = lambda attention: gate(next(order), attention)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.gate = None
 
 
 @contextmanager

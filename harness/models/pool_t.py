@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from harness.explain.mixing import CapturedAttention, GroupMixing, ReadoutMixing
 from harness.models.base import (
     Adapter,
+    AttentionGate,
     AttentionPairs,
     Need,
     SingleInput,
@@ -46,7 +47,7 @@ from harness.models.base import (
     check_clips,
     spatial_temporal_pairs,
 )
-from harness.models.layers import Block, capturing, normalise_clips
+from harness.models.layers import Block, capturing, gating, normalise_clips
 
 
 @dataclass
@@ -98,6 +99,7 @@ class PoolTClassifier(SingleInput, nn.Module):
     and class token, PyTorch defaults elsewhere)."""
 
     modalities = ("video",)
+    attention_gate: AttentionGate | None = None  # IFI's gate reading (layers.gating)
 
     def __init__(
         self,
@@ -146,7 +148,7 @@ class PoolTClassifier(SingleInput, nn.Module):
         B, T, _, S, _ = clips.shape
         x = self.patch_embed(normalise_clips(clips).flatten(0, 1)).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
-        with capturing(self, capture) as kept:
+        with capturing(self, capture) as kept, gating(self):
             for block in self.spatial:
                 features = x
                 x = block(x)
@@ -213,7 +215,8 @@ def pool_t_steps(attention: PoolTAttention) -> list[GroupMixing | ReadoutMixing]
     frame_tokens = frames[:, :1].T  # [1, T]: the frame class tokens
     corner = weights.new_zeros(B, H, 1)
     steps: list[GroupMixing | ReadoutMixing] = [
-        GroupMixing(n, frames, (corner, a.transpose(1, 2))) for a in spatial
+        GroupMixing(n, frames, (corner, a.transpose(1, 2)), class_first=True)
+        for a in spatial
     ]
     steps += [GroupMixing(n, frame_tokens, (corner, a.unsqueeze(2))) for a in temporal]
     row = weights.new_zeros(B, n).index_copy(1, frame_tokens[0], weights)

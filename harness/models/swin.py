@@ -46,13 +46,14 @@ from torch import Tensor, nn
 from harness.explain.mixing import CapturedAttention, GroupMixing, ReadoutMixing, group_index
 from harness.models.base import (
     Adapter,
+    AttentionGate,
     AttentionPairs,
     Need,
     SingleInput,
     check_clip_shape,
     check_clips,
 )
-from harness.models.layers import Attention, DropPath, capturing, mlp, normalise_clips
+from harness.models.layers import Attention, DropPath, capturing, gating, mlp, normalise_clips
 
 
 def window_and_shift(grid, window, shift) -> tuple[list[int], list[int]]:
@@ -189,6 +190,7 @@ class VideoSwinClassifier(SingleInput, nn.Module):
     """Video Swin over clips [B, T, 3, S, S] in [0, 1] (ImageNet-standardised here)."""
 
     modalities = ("video",)
+    attention_gate: AttentionGate | None = None  # IFI's gate reading (layers.gating)
 
     def __init__(
         self,
@@ -244,7 +246,7 @@ class VideoSwinClassifier(SingleInput, nn.Module):
         B, T, _, S, _ = clips.shape
         x = self.pos_drop(self.patch_embed(normalise_clips(clips).transpose(1, 2)))
         layout, features, stage = [], None, 0
-        with capturing(self, capture) as kept:
+        with capturing(self, capture) as kept, gating(self):
             for layer in self.features:
                 if isinstance(layer, PatchMerging):
                     x, stage = layer(x), stage + 1
@@ -376,7 +378,8 @@ def _merge_step(grid, child_offset: int, parent_offset: int, n: int, corner: Ten
     block = corner.new_zeros(5, 5)
     block[0, 1:] = 1.0
     B, heads, _ = corner.shape
-    return GroupMixing(n, index, (corner, block.expand(B, heads, len(index), 5, 5)))
+    merge = block.expand(B, heads, len(index), 5, 5)
+    return GroupMixing(n, index, (corner, merge), attention=False)
 
 
 def load_pretrained(model: VideoSwinClassifier, path: str | Path) -> None:
