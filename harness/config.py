@@ -103,6 +103,10 @@ def _set(config: dict[str, Any], path: str, value: Any) -> None:
     config[leaf] = value
 
 
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> None:
     """Raise ConfigError naming `source`, the key and what was expected, for the first bad value."""
 
@@ -128,6 +132,7 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
          f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
          "evaluation.occlusion_levels", "a non-empty list of fractions in [0, 1)")  # fmt: skip
+    need(_is_int(evaluation.get("tie_draws", 1), 1), "evaluation.tie_draws", "an integer >= 1")
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")

@@ -17,7 +17,7 @@ still go through the method's own pipeline. `python -m harness.evaluate` runs ev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,12 @@ import torch
 from torch import nn
 
 from harness.data import Dataset, iterate_batches, open_dataset
-from harness.evaluate.occlusion import OcclusionCurve, occlusion_curve, seed_protocol_accuracy
+from harness.evaluate.occlusion import (
+    OcclusionCurve,
+    distinct_values,
+    occlusion_curve,
+    seed_protocol_accuracy,
+)
 from harness.methods import TrainingMethod, build_method
 from harness.methods.modality import modalities_of
 from harness.models import build_model, model_inputs
@@ -47,9 +52,17 @@ class OcclusionResult:
     # and their dataset rows [N]
     relevance: dict[str, torch.Tensor] | None = None
     rows: np.ndarray | None = None
+    # Per input: the mean number of distinct values of a clip's map, and the tokens per map
+    distinct: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
 
     def as_metrics(self, prefix: str = "occ") -> dict[str, float]:
+        """The curve's metrics, ``{prefix}_distinct_<input>`` (mean distinct values of a map;
+        ``{prefix}_tokens_<input>`` tokens per map) and the seed protocol's (video)."""
         metrics = self.curve.as_metrics(prefix)
+        for m, value in self.distinct.items():
+            metrics[f"{prefix}_distinct_{m}"] = value
+            metrics[f"{prefix}_tokens_{m}"] = float(self.tokens[m])
         if self.seed_morf_accuracy is None:
             return metrics
         metrics[f"{prefix}_seed_morf_acc"] = self.seed_morf_accuracy
@@ -91,34 +104,42 @@ def evaluate_occlusion(
     *,
     seed: int = 0,
     keep_relevance: bool = False,
+    plain: bool = False,
 ) -> OcclusionResult:
     """Occlusion curves (and, for video, the seed protocol) on `indices`.
 
     Relevance of the predicted class on the whole inputs from `explainer` (default: the method's
     own, `method.explainer`) with `explainer_params` (see `TrainingMethod.explain`); `random`
     relevance is drawn from a generator seeded with `seed`, so it is deterministic. Predictions:
-    the method's whole pipeline (`method.predict`). Each input loses the same share of its tokens
-    (see harness/evaluate/occlusion.py). `keep_relevance`: return the maps and their rows too (for
-    trends and galleries).
+    the method's whole pipeline (`method.predict`), or with `plain` the model's plain forward on
+    the whole inputs (`plain_predict`: the same protocol for every method). Each input loses the
+    same share of its tokens; ties in random order, averaged over `cfg["tie_draws"]` draws (from a
+    generator seeded with `seed`; see harness/evaluate/occlusion.py). `keep_relevance`: return the
+    maps and their rows too (for trends and galleries).
     """
     model.eval()
     levels: Sequence[float] = [float(x) for x in cfg["occlusion_levels"]]
     value = str(cfg["occlusion_value"])
     seed_cfg = cfg["seed_protocol"]
+    tie_draws = int(cfg.get("tie_draws", 1))
     generator = torch.Generator().manual_seed(int(seed)) if explainer == "random" else None
+    ties = torch.Generator().manual_seed(int(seed) + TIE_SEED_OFFSET)
 
     def predict_proba(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        with torch.enable_grad():
+        if plain:
+            with torch.no_grad():
+                return plain_predict(method, model, inputs).softmax(-1)
+        with torch.enable_grad():  # ET's pipeline explains before it predicts
             return method.predict(model, inputs).detach().softmax(-1)
 
     curves, seed_morf, seed_lerf = [], 0.0, 0.0
+    distinct: dict[str, float] = {}
     kept: dict[str, list[torch.Tensor]] = {}
     rows = []
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
-        maps = method.explain(
-            model, batch.inputs, explainer=explainer, explainer_params=explainer_params,
-            generator=generator,
-        )  # fmt: skip
+        maps = explain_inputs(method, model, batch.inputs, explainer, explainer_params, generator)
+        for m, r in maps.items():
+            distinct[m] = distinct.get(m, 0.0) + distinct_values(r).sum().item()
 
         def occlude(masks, inputs=batch.inputs):
             return {
@@ -126,14 +147,16 @@ def evaluate_occlusion(
                 for m, x in inputs.items()
             }
 
-        curves.append(
-            occlusion_curve(predict_proba, batch.inputs, batch.labels, maps, occlude, levels)
-        )
+        curves.append(occlusion_curve(
+            predict_proba, batch.inputs, batch.labels, maps, occlude, levels,
+            tie_draws=tie_draws, generator=ties,
+        ))  # fmt: skip
         if "video" in maps:
             morf, lerf = seed_protocol_accuracy(
                 predict_proba, batch.labels, maps["video"].flatten(2),
                 lambda mask, occlude=occlude: occlude({"video": mask}),
                 float(seed_cfg["spatial_fraction"]), int(seed_cfg["frames"]),
+                tie_draws=tie_draws, generator=ties,
             )  # fmt: skip
             seed_morf += morf * len(batch)
             seed_lerf += lerf * len(batch)
@@ -149,6 +172,35 @@ def evaluate_occlusion(
         seed_lerf / n if video else None,
         relevance={m: torch.cat(r) for m, r in kept.items()} if keep_relevance else None,
         rows=np.concatenate(rows) if rows else None,
+        distinct={m: total / n for m, total in distinct.items()},
+        tokens={m: int(r[0].numel()) for m, r in maps.items()} if len(indices) else {},
+    )
+
+
+TIE_SEED_OFFSET = 7919  # tie orders use their own generator, seeded `seed + TIE_SEED_OFFSET`
+
+
+def plain_predict(
+    method: TrainingMethod, model: nn.Module, inputs: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Logits of the model's plain forward on the whole inputs (their views; fused for several
+    inputs), whatever the method (ET's restriction is not applied): the like-for-like prediction
+    every method is occlusion-tested with."""
+    return method.forward(model, method.view(inputs))[0]
+
+
+def explain_inputs(
+    method: TrainingMethod,
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    explainer: str | None = None,
+    explainer_params: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Relevance of the predicted class per input: the one place the evaluation calls an
+    explainer (see `TrainingMethod.explain`)."""
+    return method.explain(
+        model, inputs, explainer=explainer, explainer_params=explainer_params, generator=generator
     )
 
 
