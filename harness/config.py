@@ -133,6 +133,10 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
          "evaluation.occlusion_levels", "a non-empty list of fractions in [0, 1)")  # fmt: skip
     need(_is_int(evaluation.get("tie_draws", 1), 1), "evaluation.tie_draws", "an integer >= 1")
+    explainers = evaluation.get("explainers", ["random"])
+    known = isinstance(explainers, list) and all(name in VIDEO_EXPLAINERS for name in explainers)
+    need(known and bool(explainers), "evaluation.explainers",
+         f"a non-empty list of: {', '.join(VIDEO_EXPLAINERS)}")  # fmt: skip
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
@@ -271,6 +275,13 @@ def validate_study(cfg: DictConfig) -> None:
     _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
+    first = int(cfg.final.first_seed)
+    if first <= int(cfg.seed) < first + int(cfg.final.seeds):
+        raise ConfigError(
+            f"final.first_seed: the final seeds {first}..{first + int(cfg.final.seeds) - 1} "
+            f"include the search trials' seed {cfg.seed}; expected seeds disjoint from it (a "
+            "re-training on the search's seed repeats the selected trial)"
+        )
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root: expected an existing folder, got {cfg.data.root!r}")
     for name in methods:

@@ -20,6 +20,7 @@ failed, and the Optuna study (SQLite) continues with its sampler's saved state.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -331,19 +332,46 @@ class _Engine:
         )  # fmt: skip
         return grid, params
 
-    def final(self, best: dict[str, dict[str, Any]]):
-        """Each method's best configuration re-trained on seeds 0 .. final.seeds-1, in one Tuner
-        (trials of all methods share the trial actors). Trials get {method, seed}; the configs
-        travel with the trainable. Tune starts them seed by seed in the order of `best` (give the
-        slowest method first: each wave then ends with its quickest trials, a shorter tail)."""
+    def final(self, arms: dict[str, dict[str, Any]]):
+        """Each arm's configuration (`final_arms`) re-trained on the final seeds (`final_seeds`),
+        in one Tuner (trials of all arms share the trial actors). Trials get {method: the arm,
+        seed}; the configs travel with the trainable. Tune starts them seed by seed in the order
+        of `arms` (give the slowest first: each wave then ends with its quickest trials, a
+        shorter tail)."""
         from ray import tune
 
-        seeds = int(self.cfg.final.seeds)
-        space = {"method": tune.grid_search(list(best)),
-                 "seed": tune.grid_search(list(range(seeds)))}  # fmt: skip
-        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=best)
-        return self.fit("final", trainable, space, {"stage": "final"}, len(best) * seeds,
+        seeds = final_seeds(self.cfg)
+        space = {"method": tune.grid_search(list(arms)), "seed": tune.grid_search(seeds)}
+        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=arms)
+        return self.fit("final", trainable, space, {"stage": "final"}, len(arms) * len(seeds),
                         lambda: {"num_samples": 1})  # fmt: skip
+
+
+CONTROL = "et (random relevance)"  # final.controls: ET's selected configuration, random relevance
+
+
+def final_seeds(cfg: DictConfig) -> list[int]:
+    """The final stage's seeds: `final.seeds` of them from `final.first_seed` on, disjoint from
+    the search trials' `seed` (checked by `validate_study`)."""
+    first = int(cfg.final.first_seed)
+    return list(range(first, first + int(cfg.final.seeds)))
+
+
+def final_arms(cfg: DictConfig, best: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The final stage's configurations, by arm: each method's selected one, with the
+    like-for-like faithfulness test on (`evaluation.like_for_like`), and with `final.controls`
+    and an ET arm, `et (random relevance)`: ET's selected configuration (same policy, knobs and
+    seeds) with `random` relevance, which tells the explanation's effect from the crop's."""
+    arms = {}
+    for method, config in best.items():
+        config = copy.deepcopy(config)
+        config["evaluation"]["like_for_like"] = True
+        arms[method] = config
+        if method == "et" and cfg.final.get("controls", True):
+            control = copy.deepcopy(config)
+            control["method"]["explainer"] = "random"
+            arms[CONTROL] = control
+    return arms
 
 
 def _saved_trials(path: Path) -> list:
@@ -490,6 +518,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         MethodSummary,
         comparison_table,
         failures_table,
+        faithfulness_summary,
         skipped_table,
         write_comparison,
     )
@@ -515,12 +544,16 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         summaries[method] = summary
     if best_configs:
         slowest_first = sorted(best_configs, key=lambda m: -seconds[m])
-        for result in _finished(engine.final({m: best_configs[m] for m in slowest_first})):
-            summaries[result.config["method"]].final_runs.append(
-                {**result.metrics, "seed": result.config["seed"]}
+        arms = final_arms(cfg, {m: best_configs[m] for m in slowest_first})
+        if CONTROL in arms:
+            summaries[CONTROL] = MethodSummary(
+                CONTROL, 0, 0, math.nan, {"config": "et's selected", "method.explainer": "random"}
             )
+        for result in _finished(engine.final(arms)):
+            _add_final_run(summaries[result.config["method"]], result)
+        _write_final_records(list(summaries.values()), out / "report")
     summaries = list(summaries.values())
-    table = comparison_table(summaries, dataset.name, dataset.synthetic)
+    table = comparison_table(summaries, dataset.name, dataset.synthetic, seed=int(cfg.seed))
     elapsed = time.perf_counter() - started
     objectives = _objectives(cfg.sweep)[0]
     selection = f"the best {objectives[0]} of each search" if len(objectives) == 1 else (
@@ -532,7 +565,8 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         "data": dataset.name + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""),
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
-        "final seeds": str(cfg.final.seeds),
+        "final seeds": f"{cfg.final.seeds} ({', '.join(map(str, final_seeds(cfg)))}; the "
+        f"search's: {cfg.seed})",
         "selection": selection,
         "Ray": engine.ray_note,
         "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
@@ -543,7 +577,8 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         notes["data folder"] = f"{cfg.data.root} ({len(dataset.skipped)} files skipped)"
     title = f"{cfg.experiment}: " + " vs ".join(cfg.study.methods)
     paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
-                             skipped_table(dataset.skipped))  # fmt: skip
+                             skipped_table(dataset.skipped),
+                             faithfulness=faithfulness_summary(summaries))  # fmt: skip
     metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
     state.summary = {"params": {"wall_seconds": round(elapsed)},
                      "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
@@ -551,6 +586,41 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     Outbox.to(state.tracking_uri).put(sync_call(state, parent=True))  # and stages not synced
     print(paths["md"].read_text(), flush=True)
     return out / "report"
+
+
+def _add_final_run(summary, result) -> None:
+    """A final run's metrics, and its saved test predictions and like-for-like faithfulness
+    (predictions.csv, faithfulness.csv in its last checkpoint), into the arm's summary."""
+    import pandas as pd
+
+    from harness.train import FAITHFULNESS_FILE, PREDICTIONS_FILE
+
+    seed = int(result.config["seed"])
+    summary.final_runs.append({**result.metrics, "seed": seed})
+    folder = Path(result.checkpoint.path) if result.checkpoint else None
+    for name, held in ((PREDICTIONS_FILE, summary.predictions),
+                       (FAITHFULNESS_FILE, summary.faithfulness)):  # fmt: skip
+        if folder is not None and (folder / name).is_file():
+            held[seed] = pd.read_csv(folder / name)
+
+
+def _write_final_records(summaries, folder: Path) -> None:
+    """report/predictions.csv (every final run's test predictions: method, seed, row, label,
+    predicted, prob_<class>) and report/faithfulness_runs.csv (every run's like-for-like
+    faithfulness: method, seed, explainer, ...), tidy, one row per clip or explainer."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, field in (("predictions.csv", "predictions"),
+                        ("faithfulness_runs.csv", "faithfulness")):  # fmt: skip
+        frames = [frame.assign(method=s.method, seed=seed)
+                  for s in summaries for seed, frame in getattr(s, field).items()]  # fmt: skip
+        if frames:
+            table = pd.concat(frames, ignore_index=True)
+            first = ["method", "seed"]
+            table[first + [c for c in table.columns if c not in first]].to_csv(
+                folder / name, index=False
+            )
 
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from harness.data import Dataset, iterate_batches, open_dataset
+from harness.evaluate.localisation import (
+    box_coverage,
+    motion_relevance,
+    pointing_hit,
+    relevance_mass,
+    window_coverage,
+)
 from harness.evaluate.occlusion import (
     OcclusionCurve,
     distinct_values,
@@ -41,6 +49,9 @@ from harness.models import build_model, model_inputs
 class Accuracy:
     loss: float
     accuracy: float
+    # With `keep_predictions=True`: per clip, its dataset row, label, predicted class and class
+    # probabilities (columns row, label, predicted, prob_<class name>)
+    predictions: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -79,16 +90,30 @@ def evaluate_accuracy(
     indices: np.ndarray,
     batch_size: int,
     device: torch.device | str = "cpu",
+    *,
+    keep_predictions: bool = False,
 ) -> Accuracy:
+    """Loss and accuracy of the method's prediction pipeline on `indices` (and, with
+    `keep_predictions`, every clip's prediction)."""
     model.eval()
     loss_sum, correct = 0.0, 0
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
         with torch.enable_grad():  # ET's gradient explainers need it; no parameter is updated
             logits = method.predict(model, batch.inputs).detach()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(1) == batch.labels).sum().item()
+        if keep_predictions:
+            kept.append((batch.index.cpu().numpy(), batch.labels.cpu().numpy(),
+                         logits.softmax(-1).cpu().numpy()))  # fmt: skip
     n = max(len(indices), 1)
-    return Accuracy(loss=loss_sum / n, accuracy=correct / n)
+    predictions = None
+    if keep_predictions:
+        rows, labels, probs = (np.concatenate(part) for part in zip(*kept, strict=True))
+        predictions = pd.DataFrame({"row": rows, "label": labels, "predicted": probs.argmax(1)})
+        for k, name in enumerate(dataset.class_names):
+            predictions[f"prob_{name}"] = probs[:, k]
+    return Accuracy(loss=loss_sum / n, accuracy=correct / n, predictions=predictions)
 
 
 def evaluate_occlusion(
@@ -249,3 +274,101 @@ def load_trained(
         ) from None
     model.to(device).eval()
     return TrainedModel(dataset, model, trained_method(config, model))
+
+
+FAITHFULNESS_REFERENCE = "motion_oracle"  # the model-free ground-truth reference row
+
+
+@torch.no_grad()
+def _plain_accuracy(model, method, dataset, indices, batch_size, device) -> float:
+    correct = 0
+    for batch in iterate_batches(dataset, indices, batch_size, device=device):
+        logits = plain_predict(method, model, batch.inputs)
+        correct += (logits.argmax(1) == batch.labels).sum().item()
+    return correct / max(len(indices), 1)
+
+
+def ground_truth_scores(
+    dataset: Dataset, relevance: Mapping[str, torch.Tensor], rows: np.ndarray
+) -> dict[str, float]:
+    """Mean energy pointing game (``energy_<input>``) and pointing-game hit rate (``hit_<input>``)
+    of maps ``relevance`` (video [N, T, h, w], signal [N, n]) of dataset `rows`, against the
+    generator's actor boxes and event windows (harness/evaluate/localisation.py); inputs without
+    ground truth (real data) are left out."""
+    scores: dict[str, float] = {}
+    for m, r in relevance.items():
+        r = r.float().cpu()
+        if m == "video" and dataset.actor_box is not None:
+            boxes = torch.from_numpy(np.asarray(dataset.actor_box[rows], dtype=np.int64))
+            coverage = box_coverage(boxes, int(dataset.video.shape[2]), tuple(r.shape[2:]))
+        elif m == "signal" and dataset.event_window is not None:
+            window = np.asarray(dataset.event_window[rows], dtype=np.int64)
+            coverage = window_coverage(
+                torch.from_numpy(window[:, 0]), int(window[0, 1] - window[0, 0]),
+                int(dataset.signal.shape[1]), int(r.shape[1]),
+            )  # fmt: skip
+        else:
+            continue
+        scores[f"energy_{m}"] = relevance_mass(r, coverage).mean().item()
+        scores[f"hit_{m}"] = pointing_hit(r, coverage).mean().item()
+    return scores
+
+
+def faithfulness_table(
+    model: nn.Module,
+    method: TrainingMethod,
+    dataset: Dataset,
+    indices: np.ndarray,
+    cfg: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    *,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Like-for-like faithfulness: one row per explainer of ``cfg["explainers"]``, each with its
+    default parameters, occlusion-tested on the model's plain forward of whole inputs
+    (`plain_predict`), whatever the method, so methods and explainers compare on equal terms.
+
+    Columns: ``explainer``, the occlusion metrics (``morf_auc``, ``lerf_auc``, ``gap``, ...),
+    ``clean_accuracy`` (the plain forward's accuracy), ``gap_rel`` (gap / clean accuracy: the gap
+    is bounded by the clean accuracy), ``distinct_<input>`` / ``tokens_<input>`` (distinct values
+    of a map) and, on synthetic data, ``energy_<input>`` / ``hit_<input>`` (ground truth). A last
+    row ``motion_oracle`` (video) holds the model-free map's ground-truth scores only.
+    """
+    clean = _plain_accuracy(model, method, dataset, indices, batch_size, device)
+    rows = []
+    for name in cfg["explainers"]:
+        result = evaluate_occlusion(
+            model, method, dataset, indices, cfg, batch_size, device, explainer=str(name),
+            explainer_params={}, seed=seed, keep_relevance=True, plain=True,
+        )  # fmt: skip
+        row = {"explainer": str(name), "clean_accuracy": clean}
+        metrics = result.as_metrics("occ")  # the curve's summaries, not its points
+        row.update({k[4:]: v for k, v in metrics.items() if not _is_curve_point(k)})
+        row["gap_rel"] = row["gap"] / clean if clean > 0 else float("nan")
+        row.update(ground_truth_scores(dataset, result.relevance, result.rows))
+        rows.append(row)
+    if "video" in method.modalities and dataset.actor_box is not None:
+        maps, kept = [], []
+        grid = method.modalities["video"].grid[1:]
+        for batch in iterate_batches(dataset, indices, batch_size, device=device):
+            maps.append(motion_relevance(batch.clips, grid).cpu())
+            kept.append(batch.index.cpu().numpy())
+        rows.append({"explainer": FAITHFULNESS_REFERENCE, "clean_accuracy": clean,
+                     **ground_truth_scores(dataset, {"video": torch.cat(maps)},
+                                           np.concatenate(kept))})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _is_curve_point(key: str) -> bool:
+    return ("_acc_" in key or "_prob_" in key) and not key.endswith(("_prob_auc", "_acc"))
+
+
+def flat_faithfulness(table: pd.DataFrame, prefix: str = "ff") -> dict[str, float]:
+    """``{prefix}_<explainer>_<column>`` for every number of a `faithfulness_table`."""
+    return {
+        f"{prefix}_{row['explainer']}_{column}": float(value)
+        for row in table.to_dict("records")
+        for column, value in row.items()
+        if column != "explainer" and value == value
+    }
