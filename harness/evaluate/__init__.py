@@ -221,12 +221,14 @@ def explain_inputs(
     explainer: str | None = None,
     explainer_params: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    target: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Relevance of the predicted class per input: the one place the evaluation calls an
-    explainer (see `TrainingMethod.explain`)."""
+    """Relevance per input of class `target` (default: the predicted one): the one place the
+    evaluation calls an explainer (see `TrainingMethod.explain`)."""
     return method.explain(
-        model, inputs, explainer=explainer, explainer_params=explainer_params, generator=generator
-    )
+        model, inputs, target, explainer=explainer, explainer_params=explainer_params,
+        generator=generator,
+    )  # fmt: skip
 
 
 def method_for(config: Mapping[str, Any], model: nn.Module) -> TrainingMethod:
