@@ -92,15 +92,16 @@ def evaluate_accuracy(
     device: torch.device | str = "cpu",
     *,
     keep_predictions: bool = False,
+    plain: bool = False,
 ) -> Accuracy:
-    """Loss and accuracy of the method's prediction pipeline on `indices` (and, with
-    `keep_predictions`, every clip's prediction)."""
+    """Loss and accuracy of the method's prediction pipeline on `indices` (with `plain`: of the
+    model's plain forward, `plain_predict`; with `keep_predictions`: every clip's prediction)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
-        with torch.enable_grad():  # ET's gradient explainers need it; no parameter is updated
-            logits = method.predict(model, batch.inputs).detach()
+        with torch.set_grad_enabled(not plain):  # ET's gradient explainers; nothing is updated
+            logits = _logits(method, model, batch.inputs, plain).detach()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(1) == batch.labels).sum().item()
         if keep_predictions:
@@ -151,11 +152,8 @@ def evaluate_occlusion(
     ties = torch.Generator().manual_seed(int(seed) + TIE_SEED_OFFSET)
 
     def predict_proba(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if plain:
-            with torch.no_grad():
-                return plain_predict(method, model, inputs).softmax(-1)
-        with torch.enable_grad():  # ET's pipeline explains before it predicts
-            return method.predict(model, inputs).detach().softmax(-1)
+        with torch.set_grad_enabled(not plain):  # ET's pipeline explains before it predicts
+            return _logits(method, model, inputs, plain).detach().softmax(-1)
 
     curves, seed_morf, seed_lerf = [], 0.0, 0.0
     distinct: dict[str, float] = {}
@@ -200,6 +198,10 @@ def evaluate_occlusion(
         distinct={m: total / n for m, total in distinct.items()},
         tokens={m: int(r[0].numel()) for m, r in maps.items()} if len(indices) else {},
     )
+
+
+def _logits(method: TrainingMethod, model: nn.Module, inputs: Any, plain: bool) -> torch.Tensor:
+    return plain_predict(method, model, inputs) if plain else method.predict(model, inputs)
 
 
 TIE_SEED_OFFSET = 7919  # tie orders use their own generator, seeded `seed + TIE_SEED_OFFSET`
@@ -281,15 +283,6 @@ def load_trained(
 FAITHFULNESS_REFERENCE = "motion_oracle"  # the model-free ground-truth reference row
 
 
-@torch.no_grad()
-def _plain_accuracy(model, method, dataset, indices, batch_size, device) -> float:
-    correct = 0
-    for batch in iterate_batches(dataset, indices, batch_size, device=device):
-        logits = plain_predict(method, model, batch.inputs)
-        correct += (logits.argmax(1) == batch.labels).sum().item()
-    return correct / max(len(indices), 1)
-
-
 def ground_truth_scores(
     dataset: Dataset, relevance: Mapping[str, torch.Tensor], rows: np.ndarray
 ) -> dict[str, float]:
@@ -337,7 +330,8 @@ def faithfulness_table(
     of a map) and, on synthetic data, ``energy_<input>`` / ``hit_<input>`` (ground truth). A last
     row ``motion_oracle`` (video) holds the model-free map's ground-truth scores only.
     """
-    clean = _plain_accuracy(model, method, dataset, indices, batch_size, device)
+    clean = evaluate_accuracy(model, method, dataset, indices, batch_size, device, plain=True)
+    clean = clean.accuracy
     rows = []
     for name in cfg["explainers"]:
         result = evaluate_occlusion(
