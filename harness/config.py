@@ -83,6 +83,9 @@ def trial_config(cfg: DictConfig, method: str) -> dict[str, Any]:
         config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
     if cfg.sweep.objective == "pareto":  # the faithfulness objective: the validation occlusion gap
         config["evaluation"]["validation_occlusion"] = True
+    # search trials draw tie orders `search_tie_draws` times (the final stage: `tie_draws`)
+    config["evaluation"]["tie_draws"] = int(cfg.evaluation.get("search_tie_draws", 1))
+    config["evaluation"].pop("search_tie_draws", None)
     config.update(experiment=cfg.experiment, modality=cfg.modality, seed=int(cfg.seed))
     return config
 

@@ -350,6 +350,14 @@ class _Engine:
 CONTROL = "et (random relevance)"  # final.controls: ET's selected configuration, random relevance
 
 
+def exported(cfg: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """A search trial's config as the study exports and re-trains it: its occlusion tests with
+    `evaluation.tie_draws` draws (search trials use `evaluation.search_tie_draws`)."""
+    config = copy.deepcopy(config)
+    config["evaluation"]["tie_draws"] = int(cfg.evaluation.tie_draws)
+    return config
+
+
 def final_seeds(cfg: DictConfig) -> list[int]:
     """The final stage's seeds: `final.seeds` of them from `final.first_seed` on, disjoint from
     the search trials' `seed` (checked by `validate_study`)."""
@@ -364,7 +372,7 @@ def final_arms(cfg: DictConfig, best: dict[str, dict[str, Any]]) -> dict[str, di
     seeds) with `random` relevance, which tells the explanation's effect from the crop's."""
     arms = {}
     for method, config in best.items():
-        config = copy.deepcopy(config)
+        config = exported(cfg, config)
         config["evaluation"]["like_for_like"] = True
         arms[method] = config
         if method == "et" and cfg.final.get("controls", True):
@@ -539,8 +547,8 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
             best_configs[method] = best.config
             seconds[method] = sum(r.metrics["time_total_s"] for r in finished) / len(finished)
             scores = {m: float(best.metrics[m]) for m in _objectives(cfg.sweep)[0]}
-            _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
-                         dataset.synthetic)  # fmt: skip
+            _export_best(out / "best" / f"{method}.yaml", exported(cfg, best.config), method,
+                         scores, dataset.synthetic)  # fmt: skip
         summaries[method] = summary
     if best_configs:
         slowest_first = sorted(best_configs, key=lambda m: -seconds[m])
