@@ -322,7 +322,10 @@ def write_comparison(
     paths["md"].write_text("\n".join(lines) + "\n")
     table.to_csv(paths["csv"], index=False)
     caption = f"{label}{title}".replace("%", r"\%").replace("_", r"\_")
+    note = STATISTICS_NOTE.format(baseline=baseline, family=family)
+    note = note.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")
+    latex = shown.to_latex(index=False, caption=caption, escape=True).replace("±", r"$\pm$")
     paths["tex"].write_text(
-        shown.to_latex(index=False, caption=caption, escape=True).replace("±", r"$\pm$")
+        latex.replace("\\end{table}", f"\\par\\footnotesize {note}\n\\end{{table}}")
     )
     return paths
