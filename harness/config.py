@@ -278,6 +278,10 @@ def validate_study(cfg: DictConfig) -> None:
     _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
+    for key in ("tie_draws", "search_tie_draws"):  # the final stage's and the search trials'
+        draws = cfg.evaluation.get(key, 1)
+        if not _is_int(draws, 1):
+            raise ConfigError(f"evaluation.{key}: expected an integer >= 1, got {draws!r}")
     first = int(cfg.final.first_seed)
     if first <= int(cfg.seed) < first + int(cfg.final.seeds):
         raise ConfigError(
