@@ -23,6 +23,7 @@ import argparse
 import copy
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -587,13 +588,20 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
     paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
                              skipped_table(dataset.skipped),
                              faithfulness=faithfulness_summary(summaries))  # fmt: skip
-    metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
+    metrics = {f"{_metric_name(row.method)}_test_acc_mean": row.test_acc_mean
+               for row in table.itertuples()}  # fmt: skip
     state.summary = {"params": {"wall_seconds": round(elapsed)},
                      "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
     state.save()
     Outbox.to(state.tracking_uri).put(sync_call(state, parent=True))  # and stages not synced
     print(paths["md"].read_text(), flush=True)
     return out / "report"
+
+
+def _metric_name(arm: str) -> str:
+    """An arm's name as MLflow takes it in a metric key: `et (random relevance)` ->
+    `et_random_relevance`."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", arm).strip("_")
 
 
 def _add_final_run(summary, result) -> None:

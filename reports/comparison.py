@@ -274,7 +274,8 @@ def write_comparison(
     if synthetic:
         lines += [f"**{label.strip()}** Numbers show how the methods behave on the synthetic task, "
                   "not on BIRDS.", ""]  # fmt: skip
-    lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", shown.to_markdown(index=False), ""]
+    markdown = shown.to_markdown(index=False, disable_numparse=True)  # numbers as formatted
+    lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", markdown, ""]
     family = int(table[f"p_vs_{baseline}"].notna().sum())
     lines += [STATISTICS_NOTE.format(baseline=baseline, family=family), ""]
     lines += [
@@ -290,7 +291,7 @@ def write_comparison(
     if faithfulness is not None and len(faithfulness):
         lines += [
             "", "## Like-for-like faithfulness", "",
-            _display_faithfulness(faithfulness).to_markdown(index=False), "",
+            _display_faithfulness(faithfulness).to_markdown(index=False, disable_numparse=True), "",
             "Every arm's final models, each explainer of evaluation.explainers with its default "
             "parameters, occlusion-tested on the model's plain forward of whole inputs (no ET "
             "restriction), means over seeds. clean acc: that forward's test accuracy (the "

@@ -69,8 +69,11 @@ def pointing_hit(relevance: Tensor, coverage: Tensor) -> Tensor:
 
 def motion_relevance(clips: Tensor, grid: tuple[int, int]) -> Tensor:
     """float [B, T, h, w]: the model-free motion oracle, the mean absolute frame difference
-    (to the next frame; the last frame repeats the previous difference) pooled to the grid."""
+    (to the next frame; the last frame repeats the previous difference) pooled to the grid, less
+    the clip's median cell (the pixel-noise floor) and clamped at 0."""
     motion = (clips[:, 1:] - clips[:, :-1]).abs().mean(2)  # [B, T-1, H, W]
     motion = torch.cat([motion, motion[:, -1:]], 1)
     b, t = motion.shape[:2]
-    return F.adaptive_avg_pool2d(motion.flatten(0, 1), grid).view(b, t, *grid)
+    pooled = F.adaptive_avg_pool2d(motion.flatten(0, 1), grid).view(b, t, *grid)
+    floor = pooled.flatten(1).median(1).values.view(b, 1, 1, 1)
+    return (pooled - floor).clamp_min(0)
