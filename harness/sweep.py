@@ -577,6 +577,9 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         "final seeds": f"{cfg.final.seeds} ({', '.join(map(str, final_seeds(cfg)))}; the "
         f"search's: {cfg.seed})",
         "selection": selection,
+        "occlusion": f"ties in random order, {cfg.evaluation.tie_draws} draws in the final stage "
+        f"({cfg.evaluation.get('search_tie_draws', 1)} in search trials); like-for-like "
+        f"explainers {', '.join(cfg.evaluation.explainers)}",
         "Ray": engine.ray_note,
         "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "

@@ -12,6 +12,12 @@ protocol); the hybrid has both inputs occluded, each by its own branch's relevan
 Any explainer can be put to the test on a trained method (`evaluate_occlusion(...,
 explainer="tibav")`): its maps are computed on the method's view of the clip, while the predictions
 still go through the method's own pipeline. `python -m harness.evaluate` runs every explainer so.
+
+Like for like (`faithfulness_table`, the study's final stage): every method's model is tested with
+the same explainers (`evaluation.explainers`, default parameters) on its plain forward of whole
+inputs (`plain_predict`), with the gap relative to the clean accuracy, the distinct values of the
+maps and, on synthetic data, their ground-truth localisation (harness/evaluate/localisation.py).
+Every explainer call of the evaluation goes through `explain_inputs`.
 """
 
 from __future__ import annotations
