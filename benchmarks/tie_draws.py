@@ -65,8 +65,10 @@ def main() -> None:
             hook.remove()
             base_calls = base_calls or len(calls)
             base_seconds = base_seconds or seconds
-            print(f"| {name} | {result.distinct['video']:.1f} | {n} | {len(calls)} | "
-                  f"{len(calls) / base_calls:.2f} | {seconds:.1f} | {seconds / base_seconds:.2f} |")
+            print(
+                f"| {name} | {result.distinct['video']:.1f} | {n} | {len(calls)} | "
+                f"{len(calls) / base_calls:.2f} | {seconds:.1f} | {seconds / base_seconds:.2f} |"
+            )
 
 
 if __name__ == "__main__":
