@@ -111,6 +111,9 @@ def trial_config(cfg: DictConfig, method: str, model: str | None = None) -> dict
         config["train"]["threads"] = max(1, int(cfg.sweep.cpus_per_trial))
     if cfg.sweep.objective == "pareto":  # the faithfulness objective: the validation occlusion gap
         config["evaluation"]["validation_occlusion"] = True
+    # search trials draw tie orders `search_tie_draws` times (the final stage: `tie_draws`)
+    config["evaluation"]["tie_draws"] = int(cfg.evaluation.get("search_tie_draws", 1))
+    config["evaluation"].pop("search_tie_draws", None)
     config.update(experiment=cfg.experiment, modality=cfg.modality, seed=int(cfg.seed))
     return config
 
@@ -129,6 +132,10 @@ def _set(config: dict[str, Any], path: str, value: Any) -> None:
     for key in parents:
         config = config[key]
     config[leaf] = value
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> None:
@@ -158,6 +165,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
          f"one of {', '.join(OCCLUSION_FILLS)}")  # fmt: skip
     need(all(0 <= float(x) < 1 for x in evaluation.get("occlusion_levels") or [None]),
          "evaluation.occlusion_levels", "a non-empty list of fractions in [0, 1)")  # fmt: skip
+    need(_is_int(evaluation.get("tie_draws", 1), 1), "evaluation.tie_draws", "an integer >= 1")
+    explainers = evaluation.get("explainers", ["random"])
+    known = isinstance(explainers, list) and all(name in EXPLAINERS for name in explainers)
+    need(known and bool(explainers), "evaluation.explainers",
+         f"a non-empty list of: {', '.join(EXPLAINERS)}")  # fmt: skip
     need(int(train.get("epochs", 0)) >= 1, "train.epochs", "an integer >= 1")
     need(int(train.get("batch_size", 0)) >= 1, "train.batch_size", "an integer >= 1")
     need(float(train.get("lr", 0)) > 0, "train.lr", "a positive number")
@@ -283,6 +295,17 @@ def validate_study(cfg: DictConfig) -> None:
     _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")
+    for key in ("tie_draws", "search_tie_draws"):  # the final stage's and the search trials'
+        draws = cfg.evaluation.get(key, 1)
+        if not _is_int(draws, 1):
+            raise ConfigError(f"evaluation.{key}: expected an integer >= 1, got {draws!r}")
+    first = int(cfg.final.first_seed)
+    if first <= int(cfg.seed) < first + int(cfg.final.seeds):
+        raise ConfigError(
+            f"final.first_seed: the final seeds {first}..{first + int(cfg.final.seeds) - 1} "
+            f"include the search trials' seed {cfg.seed}; expected seeds disjoint from it (a "
+            "re-training on the search's seed repeats the selected trial)"
+        )
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"data.root: expected an existing folder, got {cfg.data.root!r}")
     if cfg.study.get("models") is not None and not isinstance(cfg.study.models, ListConfig):

@@ -21,8 +21,10 @@ failed, and the Optuna study (SQLite) continues with its sampler's saved state.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -329,19 +331,55 @@ class _Engine:
         )  # fmt: skip
         return grid, params
 
-    def final(self, best: dict[str, dict[str, Any]]):
-        """Each method's best configuration re-trained on seeds 0 .. final.seeds-1, in one Tuner
-        (trials of all methods share the trial actors). Trials get {method, seed}; the configs
-        travel with the trainable. Tune starts them seed by seed in the order of `best` (give the
-        slowest method first: each wave then ends with its quickest trials, a shorter tail)."""
+    def final(self, arms: dict[str, dict[str, Any]]):
+        """Each arm's configuration (`final_arms`) re-trained on the final seeds (`final_seeds`),
+        in one Tuner (trials of all arms share the trial actors). Trials get {method: the arm,
+        seed}; the configs travel with the trainable. Tune starts them seed by seed in the order
+        of `arms` (give the slowest first: each wave then ends with its quickest trials, a
+        shorter tail)."""
         from ray import tune
 
-        seeds = int(self.cfg.final.seeds)
-        space = {"method": tune.grid_search(list(best)),
-                 "seed": tune.grid_search(list(range(seeds)))}  # fmt: skip
-        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=best)
-        return self.fit("final", trainable, space, {"stage": "final"}, len(best) * seeds,
+        seeds = final_seeds(self.cfg)
+        space = {"method": tune.grid_search(list(arms)), "seed": tune.grid_search(seeds)}
+        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=arms)
+        return self.fit("final", trainable, space, {"stage": "final"}, len(arms) * len(seeds),
                         lambda: {"num_samples": 1})  # fmt: skip
+
+
+CONTROL = "et (random relevance)"  # final.controls: ET's selected configuration, random relevance
+
+
+def exported(cfg: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """A search trial's config as the study exports and re-trains it: its occlusion tests with
+    `evaluation.tie_draws` draws (search trials use `evaluation.search_tie_draws`)."""
+    config = copy.deepcopy(config)
+    config["evaluation"]["tie_draws"] = int(cfg.evaluation.tie_draws)
+    return config
+
+
+def final_seeds(cfg: DictConfig) -> list[int]:
+    """The final stage's seeds: `final.seeds` of them from `final.first_seed` on, disjoint from
+    the search trials' `seed` (checked by `validate_study`)."""
+    first = int(cfg.final.first_seed)
+    return list(range(first, first + int(cfg.final.seeds)))
+
+
+def final_arms(cfg: DictConfig, best: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The final stage's configurations, by arm: each method's selected one, with the
+    like-for-like faithfulness test on (`evaluation.like_for_like`), and with `final.controls`
+    and an ET arm, `et (random relevance)`: ET's selected configuration (same policy, knobs and
+    seeds) with `random` relevance, which tells the explanation's effect from the crop's (with
+    `study.models`, one per model: `<model>-et (random relevance)`)."""
+    arms = {}
+    for method, config in best.items():
+        config = exported(cfg, config)
+        config["evaluation"]["like_for_like"] = True
+        arms[method] = config
+        if config["method"]["name"] == "et" and cfg.final.get("controls", True):
+            control = copy.deepcopy(config)
+            control["method"]["explainer"] = "random"
+            arms[CONTROL if method == "et" else f"{method} (random relevance)"] = control
+    return arms
 
 
 def _saved_trials(path: Path) -> list:
@@ -518,6 +556,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         MethodSummary,
         comparison_table,
         failures_table,
+        faithfulness_summary,
         skipped_table,
         write_comparison,
     )
@@ -539,17 +578,21 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
             best_configs[method] = best.config
             seconds[method] = sum(r.metrics["time_total_s"] for r in finished) / len(finished)
             scores = {m: float(best.metrics[m]) for m in _objectives(cfg.sweep)[0]}
-            _export_best(out / "best" / f"{method}.yaml", best.config, method, scores,
-                         dataset.synthetic)  # fmt: skip
+            _export_best(out / "best" / f"{method}.yaml", exported(cfg, best.config), method,
+                         scores, dataset.synthetic)  # fmt: skip
         summaries[method] = summary
     finals = []
     if best_configs:
         slowest_first = sorted(best_configs, key=lambda m: -seconds[m])
-        finals = _finished(engine.final({m: best_configs[m] for m in slowest_first}))
-        for result in finals:
-            summaries[result.config["method"]].final_runs.append(
-                {**result.metrics, "seed": result.config["seed"]}
+        arms = final_arms(cfg, {m: best_configs[m] for m in slowest_first})
+        for arm in arms.keys() - summaries.keys():  # the controls
+            summaries[arm] = MethodSummary(
+                arm, 0, 0, math.nan, {"config": "et's selected", "method.explainer": "random"}
             )
+        finals = _finished(engine.final(arms))
+        for result in finals:
+            _add_final_run(summaries[result.config["method"]], result)
+        _write_final_records(list(summaries.values()), out / "report")
     summaries = list(summaries.values())
     table = _comparison(cfg, summaries, dataset, comparison_table)
     elapsed = time.perf_counter() - started
@@ -563,8 +606,12 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         "data": dataset.name + (f" — {SYNTHETIC_NOTE}" if dataset.synthetic else ""),
         "trials per method": str(cfg.sweep.num_samples),
         "epochs per trial": str(cfg.train.epochs),
-        "final seeds": str(cfg.final.seeds),
+        "final seeds": f"{cfg.final.seeds} ({', '.join(map(str, final_seeds(cfg)))}; the "
+        f"search's: {cfg.seed})",
         "selection": selection,
+        "occlusion": f"ties in random order, {cfg.evaluation.tie_draws} draws in the final stage "
+        f"({cfg.evaluation.get('search_tie_draws', 1)} in search trials); like-for-like "
+        f"explainers {', '.join(cfg.evaluation.explainers)}",
         "Ray": engine.ray_note,
         "wall time": f"{elapsed / 60:.1f} min" + (" (its last run: resumed)" if resumed else ""),
         "MLflow": f"{cfg.mlflow.tracking_uri} (experiment {cfg.mlflow.experiment_name}, "
@@ -577,11 +624,13 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
         title += " on " + ", ".join(cfg.study.models)
         notes["p vs vanilla"] = "each model's methods against that model's own vanilla"
     paths = write_comparison(table, out / "report", title, notes, failures_table(summaries),
-                             skipped_table(dataset.skipped))  # fmt: skip
+                             skipped_table(dataset.skipped),
+                             faithfulness=faithfulness_summary(summaries))  # fmt: skip
     if (cfg.data.get("face_crop") or {}).get("enabled") and "video" in dataset.inputs:
         _face_report(cfg, dataset, finals, out / "report", title)
     _write_report_page(out)
-    metrics = {f"{row.method}_test_acc_mean": row.test_acc_mean for row in table.itertuples()}
+    metrics = {f"{_metric_name(row.method)}_test_acc_mean": row.test_acc_mean
+               for row in table.itertuples()}  # fmt: skip
     state.summary = {"params": {"wall_seconds": round(elapsed)},
                      "metrics": {k: v for k, v in metrics.items() if v == v}}  # fmt: skip
     state.save()
@@ -626,16 +675,64 @@ def _write_report_page(out: Path) -> None:
 def _comparison(cfg: DictConfig, summaries: list, dataset: Dataset, comparison_table):
     """The comparison table; with `study.models`, one block of rows per model, each paired
     against its own vanilla (rows `<model>-<method>`)."""
+    seed = int(cfg.seed)
     if not cfg.study.get("models"):
-        return comparison_table(summaries, dataset.name, dataset.synthetic)
+        return comparison_table(summaries, dataset.name, dataset.synthetic, seed=seed)
     import pandas as pd
+
+    from harness.evaluate.statistics import holm
 
     blocks = []
     for model in cfg.study.models:
         mine = [s for s in summaries if s.method.startswith(f"{model}-")]
-        block = comparison_table(mine, dataset.name, dataset.synthetic, f"{model}-vanilla")
-        blocks.append(block.rename(columns={f"p_vs_{model}-vanilla": "p_vs_vanilla"}))
-    return pd.concat(blocks, ignore_index=True)
+        block = comparison_table(mine, dataset.name, dataset.synthetic, f"{model}-vanilla",
+                                 seed=seed)  # fmt: skip
+        blocks.append(block.rename(columns={f"p_vs_{model}-vanilla": "p_vs_vanilla",
+                                            f"diff_vs_{model}-vanilla": "diff_vs_vanilla"}))
+    table = pd.concat(blocks, ignore_index=True)
+    table["p_holm"] = holm(table["p_vs_vanilla"].tolist())  # over every comparison of the table
+    return table
+
+
+def _metric_name(arm: str) -> str:
+    """An arm's name as MLflow takes it in a metric key: `et (random relevance)` ->
+    `et_random_relevance`."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", arm).strip("_")
+
+
+def _add_final_run(summary, result) -> None:
+    """A final run's metrics, and its saved test predictions and like-for-like faithfulness
+    (predictions.csv, faithfulness.csv in its last checkpoint), into the arm's summary."""
+    import pandas as pd
+
+    from harness.train import FAITHFULNESS_FILE, PREDICTIONS_FILE
+
+    seed = int(result.config["seed"])
+    summary.final_runs.append({**result.metrics, "seed": seed})
+    folder = Path(result.checkpoint.path) if result.checkpoint else None
+    for name, held in ((PREDICTIONS_FILE, summary.predictions),
+                       (FAITHFULNESS_FILE, summary.faithfulness)):  # fmt: skip
+        if folder is not None and (folder / name).is_file():
+            held[seed] = pd.read_csv(folder / name)
+
+
+def _write_final_records(summaries, folder: Path) -> None:
+    """report/predictions.csv (every final run's test predictions: method, seed, row, label,
+    predicted, prob_<class>) and report/faithfulness_runs.csv (every run's like-for-like
+    faithfulness: method, seed, explainer, ...), tidy, one row per clip or explainer."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, field in (("predictions.csv", "predictions"),
+                        ("faithfulness_runs.csv", "faithfulness")):  # fmt: skip
+        frames = [frame.assign(method=s.method, seed=seed)
+                  for s in summaries for seed, frame in getattr(s, field).items()]  # fmt: skip
+        if frames:
+            table = pd.concat(frames, ignore_index=True)
+            first = ["method", "seed"]
+            table[first + [c for c in table.columns if c not in first]].to_csv(
+                folder / name, index=False
+            )
 
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:

@@ -27,7 +27,14 @@ from omegaconf import OmegaConf
 
 from harness.data import iterate_batches, open_dataset
 from harness.data.folders import DatasetError
-from harness.evaluate import OcclusionResult, evaluate_accuracy, evaluate_occlusion, method_for
+from harness.evaluate import (
+    OcclusionResult,
+    evaluate_accuracy,
+    evaluate_occlusion,
+    faithfulness_table,
+    flat_faithfulness,
+    method_for,
+)
 from harness.models import build_model, model_inputs
 
 Report = Callable[[dict[str, float], Path | None], None]
@@ -243,10 +250,13 @@ def train_and_evaluate(
                 model, method, dataset, val_idx, eval_cfg, eval_batch_size, device
             ).as_metrics("val_occ")
         )
-    test = _evaluate_test(model, method, dataset, eval_cfg, eval_batch_size, device)
+    test = _evaluate_test(
+        model, method, dataset, eval_cfg, eval_batch_size, device, int(config["seed"])
+    )
     metrics.update(test.metrics)
     if artifacts_dir is not None:
         _save_artifacts(config, model, method, dataset, test.occlusion, artifacts_dir, device)
+        test.save(artifacts_dir)
     if checkpoint is not None:
         checkpoint(state, artifacts_dir)
     report(metrics, artifacts_dir)
@@ -257,14 +267,39 @@ def train_and_evaluate(
 class _TestResult:
     metrics: dict[str, float]
     occlusion: OcclusionResult
+    predictions: Any  # pd.DataFrame: per test clip, row, label, predicted, prob_<class>
+    faithfulness: Any = None  # pd.DataFrame (evaluation.like_for_like): one row per explainer
+
+    def save(self, folder: Path) -> None:
+        """predictions.csv (and faithfulness.csv) beside the trial's other artifacts."""
+        self.predictions.to_csv(folder / PREDICTIONS_FILE, index=False)
+        if self.faithfulness is not None:
+            self.faithfulness.to_csv(folder / FAITHFULNESS_FILE, index=False)
 
 
-def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device) -> _TestResult:
+PREDICTIONS_FILE = "predictions.csv"
+FAITHFULNESS_FILE = "faithfulness.csv"
+
+
+def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device, seed) -> _TestResult:
+    """Test accuracy (and every clip's prediction), the occlusion test of the method's own
+    pipeline and explainer, and with `evaluation.like_for_like` (the study's final stage) the
+    like-for-like faithfulness of `evaluation.explainers` (`ff_<explainer>_<metric>`)."""
     test_idx = dataset.indices("test")
-    test = evaluate_accuracy(model, method, dataset, test_idx, batch_size, device)
-    occlusion = evaluate_occlusion(model, method, dataset, test_idx, eval_cfg, batch_size, device)
+    test = evaluate_accuracy(
+        model, method, dataset, test_idx, batch_size, device, keep_predictions=True
+    )
+    occlusion = evaluate_occlusion(
+        model, method, dataset, test_idx, eval_cfg, batch_size, device, seed=seed
+    )
     metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
-    return _TestResult(metrics, occlusion)
+    faithfulness = None
+    if eval_cfg.get("like_for_like"):
+        faithfulness = faithfulness_table(
+            model, method, dataset, test_idx, eval_cfg, batch_size, device, seed=seed
+        )
+        metrics.update(flat_faithfulness(faithfulness))
+    return _TestResult(metrics, occlusion, test.predictions, faithfulness)
 
 
 def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, device) -> None:

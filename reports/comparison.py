@@ -1,6 +1,20 @@
-"""The study's comparison table: each method's final re-trainings (mean ± std over seeds, a paired
-t-test against vanilla), its occlusion metrics, and its search (trials, best validation accuracy,
-best parameters). Written as Markdown, LaTeX and CSV, labelled SYNTHETIC when the data is."""
+"""The study's comparison tables, one row per method or arm, written as Markdown, LaTeX and CSV
+and labelled SYNTHETIC when the data is.
+
+``comparison.csv`` (one row per arm: the methods, and the control ``et (random relevance)``):
+``method, data, synthetic, seeds, test_clips``; ``test_acc_mean`` (over seeds and test clips),
+``test_acc_low`` / ``test_acc_high`` (95% bootstrap interval over seeds and clips),
+``test_acc_std`` (over seeds); versus the baseline (vanilla) ``diff_vs_vanilla`` with
+``diff_low`` / ``diff_high`` (paired bootstrap), ``p_vs_vanilla`` (paired permutation test) and
+``p_holm`` (Holm over the table's comparisons; harness/evaluate/statistics.py); the occlusion
+test of the arm's own pipeline and explainer (``occ_*``, means over seeds); the like-for-like
+faithfulness gap of each explainer (``ff_<explainer>_gap``); the search (``trials``,
+``failed_trials``, ``best_val_acc``, ``best_params``).
+
+``faithfulness.csv`` (one row per arm and explainer, means over seeds): ``method, explainer,
+seeds, clean_accuracy, morf_auc, lerf_auc, gap, gap_rel, distinct_<input>, tokens_<input>`` and,
+on synthetic data, ``energy_<input>, hit_<input>`` (see harness.evaluate.faithfulness_table).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +25,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from harness.evaluate.statistics import (
+    bootstrap_accuracy,
+    holm,
+    paired_bootstrap_difference,
+    paired_permutation_p,
+)
 
 _SKIPPED_SHOWN = 50  # skipped files listed in comparison.md (all of them in skipped_files.csv)
 OCCLUSION_COLUMNS = (
@@ -21,11 +41,33 @@ OCCLUSION_COLUMNS = (
     "occ_seed_morf_acc",
     "occ_seed_lerf_acc",
 )
+FAITHFULNESS_SHOWN = {  # faithfulness.csv column -> its heading in comparison.md
+    "clean_accuracy": "clean acc",
+    "morf_auc": "MoRF AUC ↓",
+    "lerf_auc": "LeRF AUC ↑",
+    "gap": "gap ↑",
+    "gap_rel": "gap / clean acc ↑",
+    "energy_video": "energy in actor ↑",
+    "hit_video": "pointing hit ↑",
+    "energy_signal": "energy in event ↑",
+    "hit_signal": "pointing hit (signal) ↑",
+}
+STATISTICS_NOTE = (
+    "Test accuracy: the configuration each method's search selected (on validation only) "
+    "re-trained on each final seed (disjoint from the search's seed) and evaluated on the test "
+    "split, pooled over seeds and test clips; [low, high]: 95% percentile interval of a bootstrap "
+    "that resamples both the seeds and the test clips. Δ vs {baseline}: the paired difference "
+    "(same clips, seed positions paired) with its paired bootstrap interval; p: two-sided paired "
+    "permutation test (signs of each clip's mean difference flipped), Holm-corrected over the "
+    "{family} comparison(s) of this table. The intervals cover the variation of training seeds "
+    "and of the test sample; they do not cover the search's own variance (which configuration "
+    "another search budget or sampler seed would have selected), nor any dataset but this one."
+)
 
 
 @dataclass
 class MethodSummary:
-    """What the study learnt about one method."""
+    """What the study learnt about one method (or a control arm of the final stage)."""
 
     method: str
     trials: int
@@ -34,23 +76,85 @@ class MethodSummary:
     best_params: dict[str, Any]
     final_runs: list[dict[str, float]] = field(default_factory=list)  # one per seed, with "seed"
     failures: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
+    # per final seed: the test predictions (row, label, predicted, prob_*) and the like-for-like
+    # faithfulness table (one row per explainer), when the runs saved them
+    predictions: dict[int, pd.DataFrame] = field(default_factory=dict)
+    faithfulness: dict[int, pd.DataFrame] = field(default_factory=dict)
 
 
-def _paired_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value (NaN with fewer than 2 pairs or identical pairs)."""
-    if len(a) < 2 or len(a) != len(b) or np.allclose(a, b):
-        return float("nan")
-    return float(stats.ttest_rel(a, b).pvalue)
+def correct_matrix(predictions: Mapping[int, pd.DataFrame]) -> np.ndarray | None:
+    """float [seeds, clips] (seeds ascending, clips by dataset row): 1 where right, else 0;
+    None without predictions. Every seed must cover the same clips."""
+    if not predictions:
+        return None
+    frames = [predictions[seed].sort_values("row") for seed in sorted(predictions)]
+    rows = frames[0]["row"].to_numpy()
+    if any(not np.array_equal(f["row"].to_numpy(), rows) for f in frames):
+        raise ValueError("the final runs' predictions cover different test clips")
+    return np.stack([(f["predicted"] == f["label"]).to_numpy(dtype=float) for f in frames])
+
+
+def _accuracy_columns(
+    summary: MethodSummary, baseline: MethodSummary | None, name: str, seed: int
+) -> dict[str, float]:
+    columns = dict.fromkeys(
+        ("test_clips", "test_acc_low", "test_acc_high", f"diff_vs_{name}", "diff_low",
+         "diff_high", f"p_vs_{name}"), float("nan"),
+    )  # fmt: skip
+    correct = correct_matrix(summary.predictions)
+    if correct is None:
+        return columns
+    interval = bootstrap_accuracy(correct, seed=seed)
+    columns.update(test_clips=correct.shape[1], test_acc_low=interval.low,
+                   test_acc_high=interval.high)  # fmt: skip
+    if baseline is None or baseline is summary or not baseline.predictions:
+        return columns
+    seeds = min(len(summary.predictions), len(baseline.predictions))  # seed positions paired
+    other = correct_matrix(baseline.predictions)
+    a, b = correct[:seeds], other[:seeds]
+    difference = paired_bootstrap_difference(a, b, seed=seed)
+    columns.update({
+        f"diff_vs_{baseline.method}": difference.estimate, "diff_low": difference.low,
+        "diff_high": difference.high,
+        f"p_vs_{baseline.method}": paired_permutation_p(a, b, seed=seed),
+    })  # fmt: skip
+    return columns
+
+
+def faithfulness_summary(summaries: Sequence[MethodSummary]) -> pd.DataFrame:
+    """One row per (arm, explainer): the means over seeds of its like-for-like faithfulness."""
+    frames = [
+        table.assign(method=s.method, seed=seed)
+        for s in summaries
+        for seed, table in s.faithfulness.items()
+    ]
+    if not frames:
+        return pd.DataFrame(columns=["method", "explainer", "seeds"])
+    every = pd.concat(frames, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(every["explainer"]))}
+    numbers = every.drop(columns=["seed"]).groupby(["method", "explainer"], sort=False)
+    table = numbers.mean(numeric_only=True).reset_index()
+    table.insert(2, "seeds", numbers.size().to_numpy())
+    methods = {s.method: i for i, s in enumerate(summaries)}
+    key = table["method"].map(methods) * 1000 + table["explainer"].map(order)
+    return table.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def comparison_table(
-    summaries: Sequence[MethodSummary], data_name: str, synthetic: bool, baseline: str = "vanilla"
+    summaries: Sequence[MethodSummary],
+    data_name: str,
+    synthetic: bool,
+    baseline: str = "vanilla",
+    *,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    by_seed = {s.method: {r["seed"]: r["test_accuracy"] for r in s.final_runs} for s in summaries}
+    """One row per summary (see the module docstring); bootstrap and permutation draws come from
+    generators seeded with `seed`."""
+    base = next((s for s in summaries if s.method == baseline), None)
+    faithfulness = faithfulness_summary(summaries)
     rows = []
     for s in summaries:
         acc = np.array([r["test_accuracy"] for r in s.final_runs], dtype=float)
-        seeds = sorted(set(by_seed[s.method]) & set(by_seed.get(baseline, {})))
         row = {
             "method": s.method,
             "data": data_name,
@@ -58,52 +162,83 @@ def comparison_table(
             "test_acc_mean": acc.mean() if acc.size else float("nan"),
             "test_acc_std": acc.std(ddof=1) if acc.size > 1 else float("nan"),
             "seeds": int(acc.size),
-            f"p_vs_{baseline}": float("nan")
-            if s.method == baseline
-            else _paired_p(
-                [by_seed[s.method][k] for k in seeds], [by_seed[baseline][k] for k in seeds]
-            ),
+            **_accuracy_columns(s, base, baseline, seed),
         }
         for column in OCCLUSION_COLUMNS:
             values = [r[column] for r in s.final_runs if column in r]
             row[column] = float(np.mean(values)) if values else float("nan")
+        mine = faithfulness[faithfulness["method"] == s.method]
+        for explainer, gap in zip(mine["explainer"], mine.get("gap", []), strict=False):
+            if gap == gap:
+                row[f"ff_{explainer}_gap"] = gap
         row.update(
             trials=s.trials, failed_trials=s.failed_trials, best_val_acc=s.best_val_accuracy,
             best_params=", ".join(f"{k}={_short(v)}" for k, v in s.best_params.items()),
         )  # fmt: skip
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    p_values = table[f"p_vs_{baseline}"].tolist()
+    table.insert(table.columns.get_loc(f"p_vs_{baseline}") + 1, "p_holm", holm(p_values))
+    return table
 
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _mean_std(mean: float, std: float) -> str:
-    if np.isnan(mean):
-        return "n/a"
-    return f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+def _number(value: float, digits: int = 3) -> str:
+    return "—" if value != value else f"{value:.{digits}f}"
+
+
+def _with_interval(value: float, low: float, high: float, signed: bool = False) -> str:
+    if value != value:
+        return "n/a" if not signed else "—"
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text if low != low else f"{text} [{low:.3f}, {high:.3f}]"
+
+
+def _p(value: float) -> str:
+    return "—" if value != value else f"{value:.3g}"
 
 
 def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    accuracy = [_mean_std(m, s) for m, s in zip(table.test_acc_mean, table.test_acc_std)]
-    p_values = ["—" if np.isnan(p) else f"{p:.3g}" for p in table[f"p_vs_{baseline}"]]
     shown = pd.DataFrame({
         "method": table["method"],
-        "test acc (mean ± std)": accuracy,
+        "test acc [95% CI]": [_with_interval(*v) for v in zip(
+            table.test_acc_mean, table.test_acc_low, table.test_acc_high, strict=True)],
         "seeds": table["seeds"],
-        f"p vs {baseline}": p_values,
-        "MoRF AUC ↓": table["occ_morf_auc"].map("{:.3f}".format),
-        "LeRF AUC ↑": table["occ_lerf_auc"].map("{:.3f}".format),
-        "gap ↑": table["occ_gap"].map("{:.3f}".format),
-        "30%+2f MoRF": table["occ_seed_morf_acc"].map("{:.3f}".format),
-        "30%+2f LeRF": table["occ_seed_lerf_acc"].map("{:.3f}".format),
-        "trials (failed)": [f"{t} ({f})" for t, f in zip(table.trials, table.failed_trials)],
-        "best val acc": table["best_val_acc"].map("{:.3f}".format),
+        f"Δ vs {baseline} [95% CI]": [_with_interval(*v, signed=True) for v in zip(
+            table[f"diff_vs_{baseline}"], table.diff_low, table.diff_high, strict=True)],
+        "p": table[f"p_vs_{baseline}"].map(_p),
+        "p (Holm)": table["p_holm"].map(_p),
+        "own MoRF ↓": table["occ_morf_auc"].map(_number),
+        "own LeRF ↑": table["occ_lerf_auc"].map(_number),
+        "own gap ↑": table["occ_gap"].map(_number),
+        "30%+2f MoRF": table["occ_seed_morf_acc"].map(_number),
+        "30%+2f LeRF": table["occ_seed_lerf_acc"].map(_number),
+        "trials (failed)": [f"{t} ({f})" if t else "—"
+                            for t, f in zip(table.trials, table.failed_trials, strict=True)],
+        "best val acc": table["best_val_acc"].map(_number),
         "best params": table["best_params"],
     })  # fmt: skip
     if table["occ_seed_morf_acc"].isna().all():  # no video input: the seed protocol is video's
         shown = shown.drop(columns=["30%+2f MoRF", "30%+2f LeRF"])
+    return shown
+
+
+def _display_faithfulness(faithfulness: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({"method": faithfulness["method"],
+                          "explainer": faithfulness["explainer"]})  # fmt: skip
+    for column, heading in FAITHFULNESS_SHOWN.items():
+        if column in faithfulness and faithfulness[column].notna().any():
+            shown[heading] = faithfulness[column].map(_number)
+    for column in faithfulness.columns:
+        if column.startswith("distinct_"):
+            tokens = faithfulness[f"tokens_{column[len('distinct_') :]}"]
+            shown[f"distinct values ({column[len('distinct_') :]})"] = [
+                "—" if d != d else f"{d:.1f} / {n:.0f}"
+                for d, n in zip(faithfulness[column], tokens, strict=True)
+            ]
     return shown
 
 
@@ -127,9 +262,10 @@ def write_comparison(
     failures: pd.DataFrame | None = None,
     skipped: pd.DataFrame | None = None,
     baseline: str = "vanilla",
+    faithfulness: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """comparison.md / .tex / .csv in `folder` (and failed_trials.csv, skipped_files.csv); the
-    SYNTHETIC label heads every file."""
+    """comparison.md / .tex / .csv in `folder` (and faithfulness.csv, failed_trials.csv,
+    skipped_files.csv); the SYNTHETIC label heads every file."""
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = bool(table["synthetic"].any())
     label = "SYNTHETIC DATA: built-in generator, not a real dataset. " if synthetic else ""
@@ -138,17 +274,35 @@ def write_comparison(
     if synthetic:
         lines += [f"**{label.strip()}** Numbers show how the methods behave on the synthetic task, "
                   "not on BIRDS.", ""]  # fmt: skip
-    lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", shown.to_markdown(index=False), ""]
+    markdown = shown.to_markdown(index=False, disable_numparse=True)  # numbers as formatted
+    lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", markdown, ""]
+    family = int(table[f"p_vs_{baseline}"].notna().sum())
+    lines += [STATISTICS_NOTE.format(baseline=baseline, family=family), ""]
     lines += [
-        "Test accuracy: the configuration each method's search selected (see selection above) "
-        "re-trained on each seed and evaluated on the test split; p: two-sided paired t-test "
-        "over seeds. "
-        "Occlusion (test split, the method's own explainer): area under accuracy vs share of "
-        "tokens occluded, most-relevant-first (MoRF, lower = more faithful) and "
-        "least-relevant-first (LeRF); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol "
-        "(30% of spatial patches and 2 frames; video inputs). Signal tokens are time patches; a "
+        "own: the occlusion test (test split) of each arm's own pipeline and explainer (ET: "
+        "explain the unoccluded clip, restrict, classify; vanilla and IFI: evaluation.explainer on "
+        "the plain forward), so these columns mix explainers and pipelines; the like-for-like "
+        "table below compares them on equal terms. MoRF / LeRF: area under accuracy vs share of "
+        "tokens occluded, most- / least-relevant first (ties in random order, averaged over "
+        "evaluation.tie_draws draws); gap = LeRF - MoRF; 30%+2f: the 001 seed's protocol (30% "
+        "of spatial patches and 2 frames; video inputs). Signal tokens are time patches; a "
         "multimodal model has each input occluded by its own branch's relevance at each level.",
     ]
+    if faithfulness is not None and len(faithfulness):
+        lines += [
+            "", "## Like-for-like faithfulness", "",
+            _display_faithfulness(faithfulness).to_markdown(index=False, disable_numparse=True), "",
+            "Every arm's final models, each explainer of evaluation.explainers with its default "
+            "parameters, occlusion-tested on the model's plain forward of whole inputs (no ET "
+            "restriction), means over seeds. clean acc: that forward's test accuracy (the "
+            "bound of the gap); random: the floor. Ground truth (synthetic data): energy = "
+            "share of positive relevance inside the actor's box (energy pointing game), "
+            "pointing hit = share of frames whose most relevant token touches the box; "
+            "motion_oracle: a model-free frame-difference map, the reference. distinct values: "
+            "mean number of distinct relevance values per map / tokens per map (a flat map "
+            "has 1).",
+        ]  # fmt: skip
+        faithfulness.to_csv(folder / "faithfulness.csv", index=False)
     if failures is not None and len(failures):
         lines += ["", "## Failed trials", "", failures.to_markdown(index=False)]
         failures.to_csv(folder / "failed_trials.csv", index=False)
@@ -169,7 +323,10 @@ def write_comparison(
     paths["md"].write_text("\n".join(lines) + "\n")
     table.to_csv(paths["csv"], index=False)
     caption = f"{label}{title}".replace("%", r"\%").replace("_", r"\_")
+    note = STATISTICS_NOTE.format(baseline=baseline, family=family)
+    note = note.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")
+    latex = shown.to_latex(index=False, caption=caption, escape=True).replace("±", r"$\pm$")
     paths["tex"].write_text(
-        shown.to_latex(index=False, caption=caption, escape=True).replace("±", r"$\pm$")
+        latex.replace("\\end{table}", f"\\par\\footnotesize {note}\n\\end{{table}}")
     )
     return paths

@@ -53,10 +53,22 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
     code = main([str(folder), "evaluation.occlusion_levels=[0.0,0.5]", "--output", str(output)])
     assert code == 0
     table = pd.read_csv(output / "explainers.csv")
-    assert sorted(table["explainer"]) == sorted(EXPLAINERS)  # random included
+    assert list(table["explainer"])[-1] == "motion_oracle"  # the reference row, no gap: last
+    explainers, oracle = table.iloc[:-1], table.iloc[-1]
+    assert sorted(explainers["explainer"]) == sorted(EXPLAINERS)  # random included
     assert list(table.columns) == ["explainer", *TABLE_COLUMNS, "synthetic"]
-    assert table["gap"].is_monotonic_decreasing
+    assert explainers["gap"].is_monotonic_decreasing
     assert table["synthetic"].all()
+    # ground truth for every row, the oracle's too; distinct values between 1 and the 16 tokens
+    assert table[["energy_video", "hit_video"]].notna().all().all()
+    assert ((table.energy_video >= 0) & (table.energy_video <= 1)).all()
+    assert oracle.hit_video > explainers.set_index("explainer").loc["random", "hit_video"]
+    assert explainers["distinct_video"].between(1, 16).all()
+    rows = explainers.set_index("explainer")
+    # MPRT: random relevance does not depend on the model: correlation 1, flagged
+    assert rows.loc["random", "mprt_spearman"] == pytest.approx(1.0)
+    assert rows.loc["random", "mprt_flag"] == "fails"
+    assert rows.loc["rollout", "mprt_spearman"] < 1.0
     markdown = (output / "explainers.md").read_text()
     assert "SYNTHETIC" in markdown.splitlines()[0]
     printed = capsys.readouterr().out
@@ -109,7 +121,8 @@ def test_a_config_yaml_is_trained_first_with_the_default_levels(workspace):
     assert main([str(path), "--explainers", "random,rollout", "--split", "val"]) == 0
     assert (root / "exported" / "vanilla" / "model.pt").is_file()
     output = root / "exported" / "vanilla" / "evaluation"
-    assert sorted(pd.read_csv(output / "explainers.csv")["explainer"]) == ["random", "rollout"]
+    names = sorted(pd.read_csv(output / "explainers.csv")["explainer"])
+    assert names == ["motion_oracle", "random", "rollout"]  # and the ground-truth reference
     levels = pd.read_csv(output / "occlusion_curves.csv")["level"].unique()
     assert levels.tolist() == pytest.approx([i / 10 for i in range(10)])
 

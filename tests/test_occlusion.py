@@ -6,27 +6,121 @@ import torch
 from harness.evaluate.occlusion import (
     OcclusionCurve,
     apply_occlusion,
+    cut_is_tied,
+    distinct_values,
     get_occlusion_fill,
     occlusion_curve,
     occlusion_mask,
     seed_protocol_accuracy,
     seed_protocol_mask,
+    tie_order,
 )
 
 
 def test_occlusion_mask_counts_positions_and_ties() -> None:
-    relevance = torch.tensor([[[0.1, 0.9, 0.5], [0.3, 0.9, 0.0]]])  # [1, 2, 3]
-    morf = occlusion_mask(relevance, 0.5)  # k = 3: 0.9 (idx 1), 0.9 (idx 4), 0.5 (idx 2)
+    relevance = torch.tensor([[[0.1, 0.9, 0.5], [0.3, 0.8, 0.0]]])  # [1, 2, 3], no ties
+    morf = occlusion_mask(relevance, 0.5)  # k = 3: 0.9 (idx 1), 0.8 (idx 4), 0.5 (idx 2)
     assert morf.tolist() == [[[False, True, True], [False, True, False]]]
     lerf = occlusion_mask(relevance, 0.34, most_relevant_first=False)  # k = round(2.04) = 2
     assert lerf.tolist() == [[[True, False, False], [False, False, True]]]
     assert not occlusion_mask(relevance, 0.0).any()
     assert occlusion_mask(relevance, 1.0).all()
-    flat = torch.zeros(1, 1, 4)  # all tied: MoRF takes low indices, LeRF high ones
-    assert occlusion_mask(flat, 0.5).tolist() == [[[True, True, False, False]]]
-    assert occlusion_mask(flat, 0.5, False).tolist() == [[[False, False, True, True]]]
     with pytest.raises(ValueError, match="fraction"):
         occlusion_mask(relevance, 1.5)
+
+
+def test_ties_are_broken_uniformly_at_random() -> None:
+    """All tied: every token is occluded at the same rate k / N under MoRF and LeRF (not the low
+    indices first), the draws are reproducible from the generator, and a tied cut is detected."""
+    flat = torch.zeros(4000, 8)
+    gen = torch.Generator().manual_seed(0)
+    morf = occlusion_mask(flat, 0.25, generator=gen).float().mean(0)  # k = 2 of 8
+    lerf = occlusion_mask(flat, 0.25, False, generator=gen).float().mean(0)
+    torch.testing.assert_close(morf, torch.full((8,), 0.25), atol=0.03, rtol=0)
+    torch.testing.assert_close(lerf, torch.full((8,), 0.25), atol=0.03, rtol=0)
+    again = occlusion_mask(flat[:5], 0.25, generator=torch.Generator().manual_seed(3))
+    assert again.equal(occlusion_mask(flat[:5], 0.25, generator=torch.Generator().manual_seed(3)))
+    order = tie_order(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), torch.Generator().manual_seed(1))
+    assert order[0, 2].item() == 0 and order[0, 3].item() == 3  # 2, 2 first (some order), 1, 0
+    scores = torch.tensor([[3.0, 2.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]])
+    assert cut_is_tied(scores, 2, True).tolist() == [True, False]  # 3 | 2, 2 splits the 2s
+    assert cut_is_tied(scores, 1, True).tolist() == [False, False]
+    assert cut_is_tied(scores, 2, False).tolist() == [True, False]  # 3, 2 | 2, 1
+    assert cut_is_tied(scores, 0, True).tolist() == [False, False]
+    assert distinct_values(torch.tensor([[0.0, 0.0, 1.0, 2.0], [5.0] * 4])).tolist() == [3, 1]
+
+
+def test_a_constant_map_scores_like_random_in_expectation() -> None:
+    """Planted model: p(class 1) = share of the planted tokens' mass left. A uniformly random
+    k-subset of N tokens leaves (1 - k / N) of it in expectation, so the expected probability
+    curve of `random` is 1 - level in both directions; a constant map's must be the same."""
+    gen = torch.Generator().manual_seed(0)
+    region = torch.rand(64, 4, 2, 2, generator=gen) < 0.4
+    region[:, 0, 0, 0] = True  # at least one planted token per clip
+    clips, predict_proba = planted(region)
+    labels = torch.ones(64, dtype=torch.long)
+    levels = (0.0, 0.25, 0.5, 0.75)  # k = 0, 4, 8, 12 of N = 16 tokens
+    occlude = _occluder(clips, (2, 2))
+    constant = torch.ones(64, 4, 4)
+    random = torch.rand(64, 4, 4, generator=gen)
+    expected = [1.0 - level for level in levels]
+    for relevance in (constant, random):
+        curve = occlusion_curve(
+            predict_proba, clips, labels, {"v": relevance}, occlude, levels,
+            tie_draws=16, generator=torch.Generator().manual_seed(1),
+        )  # fmt: skip
+        assert curve.morf_probability == pytest.approx(expected, abs=0.03)
+        assert curve.lerf_probability == pytest.approx(expected, abs=0.03)
+        assert abs(curve.gap) < 0.05
+
+
+def test_a_two_valued_map_favours_no_frame() -> None:
+    """A Rollout-FEM-like map: 2 of 16 patches high in every frame, the rest tied at 0. Beyond
+    the high tokens' share, MoRF and LeRF both cut into the tied zeros: the mean frame index of the
+    occluded tokens must be the same under both (about (T - 1) / 2), as the "model" here reports.
+    (A fixed index order put MoRF's occlusion on the first frames and LeRF's on the last.)"""
+    T, P = 8, 16
+    relevance = torch.zeros(32, T, P)
+    relevance[:, :, [3, 9]] = 1.0
+    clips = torch.ones(32, T, 1, 4, 4)
+    frame = torch.arange(T, dtype=torch.float)[None, :]
+
+    def mean_occluded_frame(x: torch.Tensor) -> torch.Tensor:
+        hidden = (x == 0).flatten(2).float().mean(2)  # [B, T] share of each frame occluded
+        p = (hidden * frame).sum(1) / hidden.sum(1).clamp_min(1e-9) / (T - 1)
+        return torch.stack([1 - p, p], dim=1)
+
+    levels = (0.0, 0.3, 0.6)
+    curve = occlusion_curve(
+        mean_occluded_frame, clips, torch.ones(32, dtype=torch.long), {"v": relevance},
+        _occluder(clips, (4, 4)), levels, tie_draws=4, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    for morf, lerf in zip(curve.morf_probability[1:], curve.lerf_probability[1:], strict=True):
+        assert morf == pytest.approx(0.5, abs=0.03) and lerf == pytest.approx(0.5, abs=0.03)
+    mask = occlusion_mask(relevance, 0.5, generator=torch.Generator().manual_seed(0))
+    assert mask[:, :, [3, 9]].all()  # the high tokens go first under MoRF
+
+
+def test_tie_draws_cost_only_where_the_cut_is_tied() -> None:
+    calls = []
+    clips = torch.ones(4, 2, 1, 4, 4)
+
+    def predict_proba(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.full((len(x), 2), 0.5)
+
+    occlude = _occluder(clips, (2, 2))
+    labels = torch.ones(4, dtype=torch.long)
+    distinct = torch.arange(32.0).view(4, 2, 4)  # no ties: one draw
+    occlusion_curve(predict_proba, clips, labels, {"v": distinct}, occlude, (0.0, 0.5),
+                    tie_draws=5)  # fmt: skip
+    assert len(calls) == 3
+    calls.clear()
+    occlusion_curve(predict_proba, clips, labels, {"v": torch.zeros(4, 2, 4)}, occlude, (0.0, 0.5),
+                    tie_draws=5)  # fmt: skip
+    assert len(calls) == 1 + 2 * 5
+    with pytest.raises(ValueError, match="tie_draws"):
+        occlusion_curve(predict_proba, clips, labels, {"v": distinct}, occlude, tie_draws=0)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.3, 0.4, 0.5])
@@ -43,17 +137,24 @@ def test_morf_lerf_disjoint_and_complementary(fraction: float) -> None:
 def test_seed_protocol_mask() -> None:
     relevance = torch.zeros(1, 4, 10)  # T = 4 frames, P = 10 patches
     relevance[0, :, [7, 2, 5]] = torch.tensor([3.0, 2.0, 1.0])  # spatial ranking 7 > 2 > 5
-    relevance[0, 1] += 1.0  # frame ranking 1 > 0 = 2 = 3 (ties -> lower index)
-    morf = seed_protocol_mask(relevance)  # 3 patches + 2 frames
-    expected = torch.zeros(1, 4, 10, dtype=torch.bool)
-    expected[0, :, [7, 2, 5]] = True
-    expected[0, [1, 0]] = True
-    assert morf.equal(expected)
-    lerf = seed_protocol_mask(relevance, 0.3, 2, most_relevant_first=False)
-    expected = torch.zeros(1, 4, 10, dtype=torch.bool)
-    expected[0, :, [6, 8, 9]] = True  # least relevant patches: zero ones, highest index last
-    expected[0, [2, 3]] = True
-    assert lerf.equal(expected)
+    relevance[0, 1] += 1.0  # frame ranking 1 > 0 = 2 = 3 (the second frame: one of the ties)
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        morf = seed_protocol_mask(relevance, generator=gen)  # 3 patches + 2 frames
+        assert morf[0, :, [7, 2, 5]].all() and morf[0, 1].all()
+        whole = morf[0].all(1)
+        assert whole.sum() == 2 and whole[1]  # frame 1 and one of the tied others
+        assert morf[0].sum() == 2 * 10 + 2 * 3
+        lerf = seed_protocol_mask(relevance, 0.3, 2, most_relevant_first=False, generator=gen)
+        kept = ~lerf[0].all(1)  # frames not occluded whole: frame 1 and one of the others
+        assert kept.sum() == 2 and kept[1]
+        assert not lerf[0][kept][:, [7, 2, 5]].any()
+        assert lerf[0][kept].sum() == 2 * 3  # 3 of the 7 tied zero patches in each kept frame
+    frames = torch.stack([
+        seed_protocol_mask(relevance, 0.0, 1, generator=torch.Generator().manual_seed(s))[0, :, 0]
+        for s in range(300)
+    ])  # fmt: skip
+    assert frames[:, 1].all()  # frame 1 is the only top frame
 
 
 def test_apply_occlusion_values_at_masked_pixels() -> None:

@@ -111,7 +111,9 @@ def test_report_names_the_real_dataset(studies, experiment):
     assert f"- data: {root.name}\n" in markdown
     assert f"- data folder: {root.resolve()} (" in markdown
     rows = list(csv.DictReader((report / "comparison.csv").open()))
-    assert len(rows) == 1 and rows[0]["data"] == root.name and rows[0]["synthetic"] == "False"
+    arms = ["et", "et (random relevance)"] if experiment == "birds_video" else ["vanilla"]
+    assert [r["method"] for r in rows] == arms  # ET comes with its control arm (final.controls)
+    assert rows[0]["data"] == root.name and rows[0]["synthetic"] == "False"
     assert 0.0 <= float(rows[0]["test_acc_mean"]) <= 1.0 and rows[0]["trials"] == "2"
     header = (base / experiment / "best" / f"{rows[0]['method']}.yaml").read_text()
     assert "SYNTHETIC" not in header

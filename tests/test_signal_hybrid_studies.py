@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import mlflow
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -34,14 +35,19 @@ def test_report_compares_the_three_methods_on_synthetic_pairs(study):
     markdown = (out / "report" / "comparison.md").read_text()
     assert markdown.startswith(f"# {experiment}: vanilla vs ifi vs et") and "SYNTHETIC" in markdown
     rows = list(csv.DictReader((out / "report" / "comparison.csv").open()))
-    assert [r["method"] for r in rows] == list(METHODS)
-    for row in rows:
+    assert [r["method"] for r in rows] == [*METHODS, "et (random relevance)"]  # + the control
+    for row in rows[:-1]:
         assert (
             row["synthetic"] == "True" and int(row["trials"]) == 2 and row["failed_trials"] == "0"
         )
         for key in ("test_acc_mean", "occ_morf_auc", "occ_lerf_auc"):
             assert 0.0 <= float(row[key]) <= 1.0
     assert ("30%+2f MoRF" in markdown) == (experiment == "birds_hybrid")  # a video protocol
+    # like-for-like faithfulness with the signal event as ground truth (and the actor's box)
+    faithfulness = pd.read_csv(out / "report" / "faithfulness.csv")
+    tested = faithfulness[faithfulness.explainer != "motion_oracle"]
+    assert len(tested) == 4 * len(rows) and tested.energy_signal.between(0, 1).all()
+    assert ("energy_video" in faithfulness) == (experiment == "birds_hybrid")
 
 
 def test_each_trial_run_has_metrics_and_its_modalities_galleries(study):
@@ -50,7 +56,7 @@ def test_each_trial_run_has_metrics_and_its_modalities_galleries(study):
     exp = client.get_experiment_by_name(f"et-harness-{experiment}")
     children = [r for r in client.search_runs([exp.experiment_id])
                 if "mlflow.parentRunId" in r.data.tags]  # fmt: skip
-    assert len(children) == 2 * len(METHODS) + len(METHODS)  # search trials + final seeds
+    assert len(children) == 2 * len(METHODS) + len(METHODS) + 1  # search, final seeds, control
     for run in children:
         assert {"val_accuracy", "occ_gap", "test_accuracy"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}

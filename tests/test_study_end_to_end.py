@@ -3,6 +3,7 @@ MLflow (a SQLite store in a temporary folder), then the final-training command o
 
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow
 METHODS = ("vanilla", "ifi", "et")
+ARMS = (*METHODS, "et (random relevance)")  # final.controls: the control arm
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +34,62 @@ def study(tmp_path_factory):
     return out
 
 
-def test_report_has_one_row_per_method_labelled_synthetic(study):
+def test_report_has_one_row_per_arm_labelled_synthetic(study):
     markdown = (study / "report" / "comparison.md").read_text()
     assert "SYNTHETIC DATA" in markdown
     rows = list(csv.DictReader((study / "report" / "comparison.csv").open()))
-    assert [r["method"] for r in rows] == list(METHODS)
+    assert [r["method"] for r in rows] == list(ARMS)
     for row in rows:
         assert row["synthetic"] == "True" and row["data"] == "birds_synthetic"
-        assert 0.0 <= float(row["test_acc_mean"]) <= 1.0
-        assert int(row["trials"]) == 2 and int(row["seeds"]) == 1
-        for key in ("occ_morf_auc", "occ_lerf_auc", "occ_seed_morf_acc"):
-            assert 0.0 <= float(row[key]) <= 1.0
+        assert 0.0 <= float(row["test_acc_low"]) <= float(row["test_acc_mean"])
+        assert float(row["test_acc_mean"]) <= float(row["test_acc_high"]) <= 1.0
+        assert int(row["seeds"]) == 1 and int(row["test_clips"]) == 32
+        assert int(row["trials"]) == (0 if row["method"] == ARMS[-1] else 2)
+        for key in ("occ_morf_auc", "occ_lerf_auc", "occ_seed_morf_acc", "ff_random_gap"):
+            assert -1.0 <= float(row[key]) <= 1.0
+        if row["method"] != "vanilla":  # paired with vanilla, Holm over the 3 comparisons
+            assert 0.0 < float(row["p_vs_vanilla"]) <= float(row["p_holm"]) <= 1.0
+            assert (
+                float(row["diff_low"]) <= float(row["diff_vs_vanilla"]) <= float(row["diff_high"])
+            )
+    assert "do not cover the search's own variance" in markdown
     assert (study / "report" / "comparison.tex").read_text().startswith("\\begin{table}")
+
+
+def test_every_arm_is_tested_like_for_like_with_ground_truth(study):
+    table = pd.read_csv(study / "report" / "faithfulness.csv")
+    explainers = ["rollout", "rollout_fem", "tibav", "random", "motion_oracle"]
+    assert list(table.method) == [m for m in ARMS for _ in explainers]
+    assert list(table.explainer) == explainers * len(ARMS)
+    for _, row in table.iterrows():
+        assert 0.0 <= row.energy_video <= 1.0 and 0.0 <= row.hit_video <= 1.0
+        if row.explainer != "motion_oracle":
+            assert 1 <= row.distinct_video <= row.tokens_video == 128
+            assert row.gap_rel == pytest.approx(row.gap / row.clean_accuracy)
+    # the plain forward of one model is the same whatever the explainer
+    assert table.groupby("method").clean_accuracy.nunique().eq(1).all()
+
+
+def test_search_and_final_seeds_are_disjoint_and_predictions_are_kept(study):
+    search = [json.loads(p.read_text())["seed"]
+              for p in (study / "ray").glob("search-*/*/params.json")]  # fmt: skip
+    final = [json.loads(p.read_text())["seed"] for p in (study / "ray").glob("final/*/params.json")]
+    assert len(search) == 2 * len(METHODS) and len(final) == len(ARMS)
+    assert set(search) == {0} and set(final) == {1000}
+    predictions = pd.read_csv(study / "report" / "predictions.csv")
+    assert list(predictions.columns[:5]) == ["method", "seed", "row", "label", "predicted"]
+    assert predictions.groupby(["method", "seed"]).size().to_dict() == {
+        (arm, 1000): 32 for arm in ARMS
+    }
+    probabilities = predictions.filter(like="prob_")
+    assert probabilities.shape[1] == 4 and np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    assert (probabilities.to_numpy().argmax(1) == predictions.predicted).all()
+    rows = pd.read_csv(study / "report" / "comparison.csv").set_index("method")
+    for arm in ARMS:  # the table's accuracy is the saved predictions'
+        mine = predictions[predictions.method == arm]
+        assert rows.loc[arm, "test_acc_mean"] == pytest.approx(
+            (mine.label == mine.predicted).mean()
+        )
 
 
 def test_best_configs_are_complete_trial_configs(study):
@@ -64,7 +110,7 @@ def test_mlflow_holds_a_parent_and_a_child_per_trial(study):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     search = [r for r in children if r.data.tags["stage"] == "search"]
     final = [r for r in children if r.data.tags["stage"] == "final"]
-    assert len(search) == 2 * len(METHODS) and len(final) == len(METHODS)
+    assert len(search) == 2 * len(METHODS) and len(final) == len(ARMS)
     assert sorted(r.data.tags["method"] for r in search) == sorted(METHODS * 2)
     for run in search + final:
         assert {"val_accuracy", "train_loss", "occ_morf_auc", "occ_lerf_auc", "occ_gap"} <= set(
@@ -74,6 +120,10 @@ def test_mlflow_holds_a_parent_and_a_child_per_trial(study):
     artifacts = {a.path for a in client.list_artifacts(search[0].info.run_id)}
     assert {"model.pt", "config.yaml", "occlusion_curves.png"} <= artifacts
     assert any(p.startswith("gallery_") for p in artifacts)
+    for run in final:  # every final run's per-clip predictions and like-for-like table
+        held = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"predictions.csv", "faithfulness.csv"} <= held
+        assert int(run.data.params["seed"]) == 1000
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"comparison.md", "index.html", "figures", "knobs.csv", "models"} <= report
 

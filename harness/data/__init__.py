@@ -42,6 +42,7 @@ class Dataset:
     video: np.ndarray | None = None  # uint8 [N, T, H, W, 3]
     signal: np.ndarray | None = None  # float32 [N, L, C]
     actor_box: np.ndarray | None = None  # int16 [N, T, 4] (synthetic only)
+    event_window: np.ndarray | None = None  # int64 [N, 2]: signal event [start, stop) (synthetic)
     skipped: tuple = ()  # folders.Skipped (path, reason): files left out of a real folder
     cache: Path | None = None  # the decode cache folder of a real video dataset (cache.py)
     signal_stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
@@ -141,7 +142,8 @@ def open_dataset(data: Mapping[str, Any], inputs: Sequence[str] = ("video",)) ->
 
 
 def _open_synthetic(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
-    arrays = load_or_generate(synthetic_spec(data), Path(data["cache_dir"]))
+    spec = synthetic_spec(data)
+    arrays = load_or_generate(spec, Path(data["cache_dir"]))
     return Dataset(
         name=str(data["name"]),
         synthetic=True,
@@ -151,6 +153,9 @@ def _open_synthetic(data: Mapping[str, Any], inputs: Sequence[str]) -> Dataset:
         video=arrays.video if "video" in inputs else None,
         signal=arrays.signal if "signal" in inputs else None,
         actor_box=arrays.actor_box,
+        event_window=np.stack(
+            [arrays.event_start, arrays.event_start + spec.event_length], 1
+        ).astype(np.int64),
     )
 
 

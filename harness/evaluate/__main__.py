@@ -50,14 +50,23 @@ from harness.evaluate.occlusion import DEFAULT_LEVELS
 from harness.explain import EXPLAINERS
 
 RUN_PREFIX = "runs:/"
-TABLE_COLUMNS = (
+OCCLUSION_COLUMNS = (
     "morf_auc",
     "lerf_auc",
     "gap",
+    "gap_rel",
     "morf_prob_auc",
     "lerf_prob_auc",
     "seed_morf_acc",
     "seed_lerf_acc",
+)
+TABLE_COLUMNS = (
+    *OCCLUSION_COLUMNS,
+    "distinct_video",
+    "energy_video",
+    "hit_video",
+    "mprt_spearman",
+    "mprt_flag",
     "seconds",
 )
 EXPECTED = (
@@ -169,19 +178,54 @@ def _title(method: str, split: str, clips: int, synthetic: bool) -> str:
     )
 
 
-def _explainer_row(name: str, result: Any, seconds: float) -> dict[str, Any]:
+def _explainer_row(
+    name: str, result: Any, accuracy: float, ground_truth: Mapping[str, float],
+    mprt: float, seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    from harness.evaluate.sanity import MPRT_THRESHOLD
+
     metrics = result.as_metrics("occ")
-    row = {"explainer": name}
-    for column in TABLE_COLUMNS[:-1]:
-        row[column] = float(metrics[f"occ_{column}"])
+    row: dict[str, Any] = {"explainer": name}
+    for column in OCCLUSION_COLUMNS:
+        if column != "gap_rel":
+            row[column] = float(metrics[f"occ_{column}"])
+    row["gap_rel"] = row["gap"] / accuracy if accuracy > 0 else float("nan")
+    row["distinct_video"] = float(metrics["occ_distinct_video"])
+    row.update({k: ground_truth.get(k, float("nan")) for k in ("energy_video", "hit_video")})
+    row["mprt_spearman"] = mprt
+    row["mprt_flag"] = "fails" if mprt >= MPRT_THRESHOLD else "passes" if mprt == mprt else "n/a"
     row["seconds"] = seconds
     return row
 
 
 def explainer_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows sorted by gap (descending; ties by name), the TABLE_COLUMNS after `explainer`."""
+    """Rows sorted by gap (descending; ties by name; reference rows without a gap last), the
+    TABLE_COLUMNS after `explainer`."""
     table = pd.DataFrame(list(rows), columns=["explainer", *TABLE_COLUMNS])
-    return table.sort_values(["gap", "explainer"], ascending=[False, True], ignore_index=True)
+    return table.sort_values(["gap", "explainer"], ascending=[False, True], ignore_index=True,
+                             na_position="last")  # fmt: skip
+
+
+def _mprt(trained: Any, randomised: Any, name: str, indices, batch_size, device, seed) -> float:
+    """Mean Spearman correlation of `name`'s maps (of the trained model's predicted class) on the
+    trained and the randomised model (harness/evaluate/sanity.py); NaN if every map is flat."""
+    from harness.data import iterate_batches
+    from harness.evaluate import explain_inputs, plain_predict
+    from harness.evaluate.sanity import rank_correlation
+
+    dataset, model, method = trained.dataset, trained.model, trained.method
+    correlations = []
+    generators = [torch.Generator().manual_seed(seed) for _ in range(2)]  # random: same draws
+    for batch in iterate_batches(dataset, indices, batch_size, device=device):
+        with torch.no_grad():
+            target = plain_predict(method, model, batch.inputs).argmax(1)
+        maps = [
+            explain_inputs(method, net, batch.inputs, name, None, generator, target)["video"]
+            for net, generator in ((model, generators[0]), (randomised, generators[1]))
+        ]
+        correlations.append(rank_correlation(*maps))
+    values = np.concatenate(correlations)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def _curve_points(curves: Mapping[str, Any]) -> pd.DataFrame:
@@ -205,7 +249,7 @@ def write_explainer_table(
     if synthetic:
         lines += ["**SYNTHETIC DATA: built-in generator, not a real dataset.**", ""]
     lines += [f"- {k}: {v}" for k, v in notes.items()]
-    floatfmt = ("", *[".3f"] * (len(TABLE_COLUMNS) - 1), ".1f")
+    floatfmt = ("", *[".3f"] * (len(OCCLUSION_COLUMNS)), ".1f", ".3f", ".3f", ".3f", "", ".1f")
     lines += ["", table.to_markdown(index=False, floatfmt=floatfmt), ""]
     lines += [
         "Occlusion: each explainer's relevance of the predicted class, on the whole clip, ranks "
@@ -215,8 +259,17 @@ def write_explainer_table(
         "the level range; gap = LeRF - MoRF (higher = more faithful; random: the chance reference, "
         "gap about 0). "
         "seed_*: accuracy under the 001 seed's protocol (the 30% most/least relevant spatial "
-        "patches in every frame plus the 2 most/least relevant frames). seconds: the explainer's "
-        "occlusion test (explanations and all predictions).",
+        "patches in every frame plus the 2 most/least relevant frames). Tokens of equal relevance "
+        "are ranked in random order, curves averaged over evaluation.tie_draws draws; "
+        "distinct_video: mean distinct relevance values per map (a flat map has 1). gap_rel: gap "
+        "/ the accuracy on the whole clips. Ground truth (synthetic data): energy_video = share of "
+        "positive relevance inside the actor's box, hit_video = share of frames whose most "
+        "relevant token touches the box; motion_oracle: a model-free frame-difference map "
+        "(ground truth only). mprt_spearman: rank correlation of the maps on the trained model "
+        "and on the model with every layer re-initialised (Adebayo et al. 2018's model-parameter "
+        "randomisation, its last step); `fails` at >= 0.5 (our threshold): the maps do not "
+        "depend on what the model learnt. seconds: the explainer's occlusion test "
+        "(explanations and all predictions).",
         "",
     ]
     text = "\n".join(lines)
@@ -239,7 +292,15 @@ def evaluate_explainers(
     """Evaluate every explainer in `explainers` on the trained model; write everything to
     `output`; return the table and its Markdown."""
     from harness.data import iterate_batches
-    from harness.evaluate import evaluate_accuracy, evaluate_occlusion, load_trained
+    from harness.evaluate import (
+        FAITHFULNESS_REFERENCE,
+        evaluate_accuracy,
+        evaluate_occlusion,
+        ground_truth_scores,
+        load_trained,
+    )
+    from harness.evaluate.localisation import motion_relevance
+    from harness.evaluate.sanity import randomised_copy
     from harness.evaluate.trends import class_mean_maps
     from harness.train import resolve_device, seed_everything
     from reports.curves import plot_occlusion_curves
@@ -287,6 +348,7 @@ def evaluate_explainers(
         with torch.enable_grad():
             predicted = method.predict(model, gallery.inputs).argmax(1).cpu()
     names = dataset.class_names
+    randomised = randomised_copy(model, seed)
     rows, curves, tables, class_maps = [], {}, {}, {}
     for i, name in enumerate(explainers):
         seed_everything(seed)
@@ -296,7 +358,9 @@ def evaluate_explainers(
             explainer=name, seed=seed, keep_relevance=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
-        rows.append(_explainer_row(name, result, seconds))
+        ground_truth = ground_truth_scores(dataset, result.relevance, result.rows)
+        mprt = _mprt(trained, randomised, name, indices, batch_size, device, seed)
+        rows.append(_explainer_row(name, result, accuracy.accuracy, ground_truth, mprt, seconds))
         curves[name] = result.curve
         print(
             f"[{i + 1}/{len(explainers)}] {name}: MoRF AUC {result.curve.morf_auc:.3f}, "
@@ -328,6 +392,13 @@ def evaluate_explainers(
                     f"{names[int(truth[j])]} -> {names[int(predicted[j])]}",
                 )  # fmt: skip
 
+    if dataset.actor_box is not None:  # the model-free reference: ground truth only
+        grid = method.modalities["video"].grid[1:]
+        batches = list(iterate_batches(dataset, indices, batch_size, device=device))
+        motion = torch.cat([motion_relevance(b.clips, grid).cpu() for b in batches])
+        order = np.concatenate([b.index.cpu().numpy() for b in batches])
+        rows.append({"explainer": FAITHFULNESS_REFERENCE,
+                     **ground_truth_scores(dataset, {"video": motion}, order)})  # fmt: skip
     table = explainer_table(rows)
     levels = ", ".join(f"{x:g}" for x in eval_cfg["occlusion_levels"])
     protocol = eval_cfg["seed_protocol"]

@@ -5,12 +5,25 @@ Relevance is per token of each input: video per (frame, patch) ``[B, T, P]`` wit
 ``[B, L, C]``, token t = samples ``[t L/n, (t+1) L/n)``). A model with several inputs (the
 hybrid) has each input occluded by its own relevance at the same level. MoRF occludes the most
 relevant tokens first, LeRF the least relevant first; a faithful explanation makes accuracy fall
-fast under MoRF and slowly under LeRF, so
-``gap = AUC_LeRF - AUC_MoRF`` is large.
+fast under MoRF and slowly under LeRF, so ``gap = AUC_LeRF - AUC_MoRF`` is large (pixel flipping,
+Bach et al. 2015; region perturbation, Samek et al. 2017; Quantus' PixelFlipping).
 
-Tokens are ranked by ONE total order (relevance descending, then token index ascending, via a
-stable sort): MoRF takes its first k tokens, LeRF its last k. Ties are thus deterministic, and the
-two masks are disjoint whenever ``2k <= N`` and complementary when ``2k = N``.
+Ties. Tokens are ranked by ONE total order per draw: relevance descending, tokens of equal
+relevance in a uniformly random order (a random permutation, then a stable sort by relevance).
+MoRF takes its first k tokens, LeRF its last k, so the two masks are disjoint whenever
+``2k <= N``. Sparse or binary maps (Rollout-FEM: a weighted sum of per-head binary maps, often a
+handful of distinct values over 128 tokens) have large tied groups; any fixed tie order (e.g. the
+token index, frame-major) would make MoRF occlude the first frames and LeRF the last ones, and the
+curves would measure token position. With random tie order, the mask of a constant map is a
+uniformly random k-subset: it scores exactly like ``random`` in expectation.
+
+The expected mask over tie orders is exact and cheap (each token of the tied group at the cut is
+occluded with weight (k - tokens above the group) / group size), but the model is not linear in its
+input, so the expected accuracy is not the accuracy at the expected mask: the curves are averaged
+over ``tie_draws`` independent draws. Each clip already gets its own independent draw, so one draw
+is unbiased over a test set; more draws lower the Monte Carlo variance. A (level, direction) whose
+cut falls inside no tied group in any clip has one possible mask: it is predicted once, whatever
+``tie_draws`` (a continuous map such as rollout costs one draw).
 """
 
 from __future__ import annotations
@@ -30,22 +43,65 @@ Fill = Callable[[Tensor, tuple[int, int]], Tensor]  # (clips, patch px) -> broad
 DEFAULT_LEVELS: tuple[float, ...] = tuple(i / 10 for i in range(10))  # 0.0, 0.1, ..., 0.9
 
 
-def _rank_mask(scores: Tensor, k: int, most_relevant_first: bool) -> Tensor:
-    """bool [B, N]: first (MoRF) or last (LeRF) ``k`` of the order (score desc, index asc)."""
-    order = scores.argsort(dim=1, descending=True, stable=True)  # [B, N]
+def tie_order(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """int64 [B, N]: each row's token order, ``scores`` descending, ties in a uniformly random
+    order drawn from ``generator`` (on the CPU; a fixed seed 0 when None, so results are
+    reproducible and still free of index order)."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    shuffle = torch.rand(scores.shape, generator=generator).argsort(dim=1).to(scores.device)
+    ranked = scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)
+    return shuffle.gather(1, ranked)
+
+
+def _mask_of(order: Tensor, k: int, most_relevant_first: bool) -> Tensor:
+    """bool [B, N]: the first (MoRF) or last (LeRF) ``k`` tokens of ``order``."""
     n = order.shape[1]
     picked = order[:, :k] if most_relevant_first else order[:, n - k :]
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, picked, True)
+    return torch.zeros(order.shape, dtype=torch.bool, device=order.device).scatter_(1, picked, True)
 
 
-def occlusion_mask(relevance: Tensor, fraction: float, most_relevant_first: bool = True) -> Tensor:
-    """bool, the shape of ``relevance`` [B, ...]: the ``k = round(fraction * n)`` top (MoRF) or
-    bottom (LeRF) of each sample's ``n`` tokens."""
+def cut_is_tied(scores: Tensor, k: int, most_relevant_first: bool) -> Tensor:
+    """bool [B]: whether the ``k``-token MoRF (LeRF) cut of each row falls inside a group of equal
+    scores, i.e. whether the mask depends on the tie order."""
+    n = scores.shape[1]
+    cut = k if most_relevant_first else n - k
+    if cut <= 0 or cut >= n:
+        return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    ranked = scores.sort(dim=1, descending=True).values
+    return ranked[:, cut - 1] == ranked[:, cut]
+
+
+def distinct_values(relevance: Tensor) -> Tensor:
+    """int64 [B]: the number of distinct values of each sample's map (exact equality: what the
+    ranking sees as ties)."""
+    ranked = relevance.flatten(1).sort(dim=1).values
+    return 1 + (ranked[:, 1:] != ranked[:, :-1]).sum(1)
+
+
+def _rank_mask(
+    scores: Tensor, k: int, most_relevant_first: bool, generator: torch.Generator | None
+) -> Tensor:
+    return _mask_of(tie_order(scores, generator), k, most_relevant_first)
+
+
+def _count(fraction: float, n: int) -> int:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    return round(fraction * n)
+
+
+def occlusion_mask(
+    relevance: Tensor,
+    fraction: float,
+    most_relevant_first: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """bool, the shape of ``relevance`` [B, ...]: the ``k = round(fraction * n)`` top (MoRF) or
+    bottom (LeRF) of each sample's ``n`` tokens, ties in random order (``tie_order``; MoRF and
+    LeRF masks of generators in the same state come from the same order)."""
     flat = relevance.flatten(1)
-    k = round(fraction * flat.shape[1])
-    return _rank_mask(flat, k, most_relevant_first).view(relevance.shape)
+    k = _count(fraction, flat.shape[1])
+    return _rank_mask(flat, k, most_relevant_first, generator).view(relevance.shape)
 
 
 def seed_protocol_mask(
@@ -53,6 +109,7 @@ def seed_protocol_mask(
     spatial_fraction: float = 0.3,
     frames: int = 2,
     most_relevant_first: bool = True,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """bool [B, T, P]: the seed's "30% spatial and 2 frames occluded" protocol (du Toit).
 
@@ -60,10 +117,13 @@ def seed_protocol_mask(
       spatial:  rank patches by ``sum_t r[t, p]``, occlude the top (MoRF) or bottom (LeRF)
                 ``round(spatial_fraction * P)`` patches in every frame;
       temporal: rank frames by ``sum_p r[t, p]``, occlude the top/bottom ``frames`` frames whole.
+    Ties in random order (``tie_order``).
     """
     _, t, p = relevance.shape
-    spatial = _rank_mask(relevance.sum(1), round(spatial_fraction * p), most_relevant_first)
-    temporal = _rank_mask(relevance.sum(2), min(frames, t), most_relevant_first)
+    spatial = _rank_mask(
+        relevance.sum(1), round(spatial_fraction * p), most_relevant_first, generator
+    )
+    temporal = _rank_mask(relevance.sum(2), min(frames, t), most_relevant_first, generator)
     return spatial[:, None, :] | temporal[:, :, None]  # [B, 1, P] | [B, T, 1]
 
 
@@ -253,28 +313,48 @@ def occlusion_curve(
     relevance: Mapping[str, Tensor],
     occlude: Occlude,
     levels: Sequence[float] = DEFAULT_LEVELS,
+    *,
+    tie_draws: int = 1,
+    generator: torch.Generator | None = None,
 ) -> OcclusionCurve:
-    """MoRF/LeRF curves of one batch: one ``predict_proba`` call per (level, direction).
+    """MoRF/LeRF curves of one batch, each point the mean over ``tie_draws`` random tie orders.
 
     ``relevance`` maps each input to its token relevance; at each level every input loses the same
-    share of its tokens (``occlusion_mask``) and ``occlude(masks)`` gives the occluded inputs.
-    A level whose token count rounds to 0 (e.g. 0.0) is the clean input: predicted once and shared
-    by both directions and all such levels, so ``levels = (0.0, ...)`` costs
-    ``1 + 2 * (len(levels) - 1)`` calls. Combine batches with ``OcclusionCurve.merge``.
+    share of its tokens and ``occlude(masks)`` gives the occluded inputs. One tie order per input
+    and draw (``tie_order``, from ``generator``) serves every level and both directions, so a
+    draw's masks are nested over levels and MoRF and LeRF are disjoint. A (level, direction) whose
+    cut is tied in no sample is predicted once (its mask is the same in every draw); a level whose
+    token count rounds to 0 (e.g. 0.0) is the clean input: predicted once and shared by both
+    directions and all such levels. So a map without ties costs ``1 + 2 * (len(levels) - 1)``
+    ``predict_proba`` calls for ``levels = (0.0, ...)``, a tied one up to ``tie_draws`` times the
+    occluded ones. Combine batches with ``OcclusionCurve.merge``.
     """
+    if tie_draws < 1:
+        raise ValueError(f"tie_draws must be >= 1, got {tie_draws}")
+    flat = {name: r.flatten(1) for name, r in relevance.items()}
+    orders = [{name: tie_order(r, generator) for name, r in flat.items()} for _ in range(tie_draws)]
     clean: tuple[float, float] | None = None
     morf: list[tuple[float, float]] = []
     lerf: list[tuple[float, float]] = []
     for level in levels:
         for most_relevant_first, scores in ((True, morf), (False, lerf)):
-            masks = {
-                name: occlusion_mask(r, level, most_relevant_first) for name, r in relevance.items()
-            }
-            if any(mask.any() for mask in masks.values()):
-                scores.append(_score(predict_proba, occlude(masks), labels))
-            else:
+            ks = {name: _count(level, r.shape[1]) for name, r in flat.items()}
+            if not any(ks.values()):
                 clean = clean if clean is not None else _score(predict_proba, inputs, labels)
                 scores.append(clean)
+                continue
+            tied = any(
+                cut_is_tied(r, ks[name], most_relevant_first).any() for name, r in flat.items()
+            )
+            draws = [
+                _score(predict_proba, occlude({
+                    name: _mask_of(order[name], ks[name], most_relevant_first).view(
+                        relevance[name].shape
+                    ) for name in flat
+                }), labels)
+                for order in (orders if tied else orders[:1])
+            ]  # fmt: skip
+            scores.append(_mean_score(draws))
     return OcclusionCurve(
         levels=[float(x) for x in levels],
         count=len(labels),
@@ -285,6 +365,10 @@ def occlusion_curve(
     )
 
 
+def _mean_score(draws: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    return (sum(c for c, _ in draws) / len(draws), sum(q for _, q in draws) / len(draws))
+
+
 def seed_protocol_accuracy(
     predict_proba: PredictProba,
     labels: Tensor,
@@ -292,15 +376,29 @@ def seed_protocol_accuracy(
     occlude: Callable[[Tensor], Any],
     spatial_fraction: float = 0.3,
     frames: int = 2,
+    *,
+    tie_draws: int = 1,
+    generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
     """(MoRF, LeRF) top-1 accuracy of this batch under ``seed_protocol_mask`` of the video
-    relevance [B, T, P] (two calls; ``occlude(mask)`` gives the inputs with those tokens hidden).
+    relevance [B, T, P] (``occlude(mask)`` gives the inputs with those tokens hidden), each the
+    mean over ``tie_draws`` random tie orders of patches and frames (one draw, i.e. two calls,
+    when neither ranking's cut is tied in any sample).
 
     Batch means: to combine batches, weight each by its batch size.
     """
+    _, t, p = relevance.shape
+    patches, frame_scores = relevance.sum(1), relevance.sum(2)
+    k_patches, k_frames = round(spatial_fraction * p), min(frames, t)
     accuracy = []
     for most_relevant_first in (True, False):
-        mask = seed_protocol_mask(relevance, spatial_fraction, frames, most_relevant_first)
-        correct, _ = _score(predict_proba, occlude(mask), labels)
-        accuracy.append(correct / len(labels))
+        tied = bool(cut_is_tied(patches, k_patches, most_relevant_first).any()
+                    or cut_is_tied(frame_scores, k_frames, most_relevant_first).any())  # fmt: skip
+        draws = []
+        for _ in range(tie_draws if tied else 1):
+            mask = seed_protocol_mask(
+                relevance, spatial_fraction, frames, most_relevant_first, generator
+            )
+            draws.append(_score(predict_proba, occlude(mask), labels))
+        accuracy.append(_mean_score(draws)[0] / len(labels))
     return accuracy[0], accuracy[1]
