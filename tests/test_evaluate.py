@@ -154,7 +154,9 @@ def test_an_explicit_explainer_equals_the_methods_own(tmp_path, workspace):
     config = tiny_config(root / "cache", "et", ["methods.et.k=1.0", "methods.et.heads=top1"])
     folder = save_model_folder(config, tmp_path / "et")
     trained = load_trained(config, folder / "model.pt")
-    assert trained.method.active and trained.method.explainer_kwargs == {"k": 1.0, "heads": "top1"}
+    assert trained.method.active and trained.method.explainer_kwargs == {
+        "k": 1.0, "heads": "top1", "head_weight": "mean", "normalise": True
+    }
     args = (trained.model, trained.method, trained.dataset, trained.dataset.indices("test"),
             config["evaluation"], 4)  # fmt: skip
     own = evaluate_occlusion(*args)
