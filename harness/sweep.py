@@ -484,7 +484,9 @@ def _comparable(cfg: DictConfig) -> dict[str, Any]:
     del config["ray"]
     config["mlflow"].pop("flush_timeout_s", None)
     config["study"].pop("restart", None)
-    return yaml.safe_load(yaml.safe_dump(config))  # plain types, as the state file reads back
+    # plain types, as the state file reads back; in order (a space lists a parameter before the
+    # ones whose `when` names it)
+    return yaml.safe_load(yaml.safe_dump(config, sort_keys=False))
 
 
 def check_output_dir(cfg: DictConfig) -> None:

@@ -295,12 +295,12 @@ def write_comparison(
             "Every arm's final models, each explainer of evaluation.explainers with its default "
             "parameters, occlusion-tested on the model's plain forward of whole inputs (no ET "
             "restriction), means over seeds. clean acc: that forward's test accuracy (the "
-            "bound of the gap); random: the floor. Ground truth (synthetic data): energy = "
-            "share of positive relevance inside the actor's box (energy pointing game), "
-            "pointing hit = share of frames whose most relevant token touches the box; "
-            "motion_oracle: a model-free frame-difference map, the reference. distinct values: "
-            "mean number of distinct relevance values per map / tokens per map (a flat map "
-            "has 1).",
+            "bound of the gap); random: the floor. distinct values: mean number of distinct "
+            "relevance values per map / tokens per map (a flat map has 1)."
+            + (" Ground truth (synthetic data): energy = share of positive relevance inside the "
+               "actor's box (energy pointing game), pointing hit = share of frames whose most "
+               "relevant token touches the box; motion_oracle: a model-free frame-difference "
+               "map, the reference." if _has_ground_truth(faithfulness) else ""),
         ]  # fmt: skip
         faithfulness.to_csv(folder / "faithfulness.csv", index=False)
     if failures is not None and len(failures):
@@ -330,3 +330,9 @@ def write_comparison(
         latex.replace("\\end{table}", f"\\par\\footnotesize {note}\n\\end{{table}}")
     )
     return paths
+
+
+def _has_ground_truth(faithfulness: pd.DataFrame) -> bool:
+    """Whether the table holds localisation scores (synthetic data knows where the evidence is)."""
+    columns = [c for c in faithfulness.columns if c.startswith(("energy_", "hit_"))]
+    return bool(columns) and bool(faithfulness[columns].notna().to_numpy().any())

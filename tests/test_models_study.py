@@ -37,10 +37,16 @@ def study(tmp_path_factory):
 
 def test_one_row_per_model_and_method_each_paired_with_its_own_vanilla(study):
     rows = list(csv.DictReader((study / "report" / "comparison.csv").open()))
-    assert [r["method"] for r in rows] == RUNS
+    # each model's block: its methods, then its ET control (ET's selection, random relevance)
+    controls = [f"{model}-et (random relevance)" for model in MODELS]
+    assert [r["method"] for r in rows] == [
+        run for model, control in zip(MODELS, controls)
+        for run in [*RUNS[3 * MODELS.index(model):][:3], control]
+    ]  # fmt: skip
     for row in rows:
         assert row["synthetic"] == "True" and 0.0 <= float(row["test_acc_mean"]) <= 1.0
-        assert int(row["trials"]) == 1 and int(row["seeds"]) == 1
+        searched = 0 if row["method"] in controls else 1  # a control re-trains, it searches not
+        assert int(row["trials"]) == searched and int(row["seeds"]) == 1
         for key in ("occ_morf_auc", "occ_lerf_auc", "occ_seed_morf_acc"):
             assert 0.0 <= float(row[key]) <= 1.0
     markdown = (study / "report" / "comparison.md").read_text()
