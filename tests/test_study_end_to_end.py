@@ -155,7 +155,8 @@ def test_report_page_opens_in_chromium_without_errors(study):
     assert check.errors == [] and check.broken_images == []
     figures = len(list((report / "figures").glob("*.png")))
     galleries = len(list(report.glob("models/*/galleries/*.png")))
-    explainers = len(pd.read_csv(report / "models" / "et" / "explainers.csv"))
+    explained = pd.read_csv(report / "models" / "et" / "explainers.csv")
+    explainers = int(explained["morf_auc"].notna().sum())  # not the model-free reference row
     assert figures == 4 + len(METHODS) and galleries == explainers * len(METHODS)
     assert check.images >= figures + galleries
     pixels = np.asarray(Image.open(io.BytesIO(check.screenshot)).convert("L"), dtype=float)
@@ -173,19 +174,22 @@ def test_report_numbers_are_the_study_numbers(study):
     comparison = pd.read_csv(report / "comparison.csv").set_index("method")
     knobs = pd.read_csv(report / "knobs.csv", keep_default_na=False, na_values=[""])
     counted = ["trials", "pruned", "failed", "unfinished"]
+    folder = load_study_folder(study)
     for method in METHODS:
         trials = pd.read_csv(report / f"trials_{method}.csv")  # Ray Tune's table of the search
         rows = knobs[knobs["method"] == method]
+        params = {p.path: p for p in folder.searches[method].params}
+        configs = [{c[len("config/"):].replace("/", "."): v for c, v in row.items()
+                    if c.startswith("config/")} for _, row in trials.iterrows()]  # fmt: skip
         for knob, part in rows.groupby("knob"):
-            applied = len(trials)  # K and heads apply to Rollout-FEM only
-            if knob in ("method.k", "method.heads"):
-                applied = int((trials["config/method/explainer"] == "rollout_fem").sum())
+            # a conditional knob (K and heads: Rollout-FEM only) counts the trials it applied to
+            applied = sum(params[knob].applies(config) for config in configs)
             assert part[counted].to_numpy().sum() == applied, (method, knob)
             assert int(comparison.loc[method, "trials"]) == len(trials)
         for level, part in rows[rows["knob"] == "train.batch_size"].groupby("level"):
             same = trials[trials["config/train/batch_size"] == int(level)]
             assert part["mean"].item() == pytest.approx(same["val_accuracy"].mean())
-    intervals = accuracy_intervals(load_study_folder(study)).set_index("method")
+    intervals = accuracy_intervals(folder).set_index("method")
     for method in METHODS:
         mean = comparison.loc[method, "test_acc_mean"]
         assert intervals.loc[method, "mean"] == pytest.approx(mean)
