@@ -55,12 +55,10 @@ def check_tracking_store(uri: str) -> None:
     """A tracking server answers; a local store's folder is writable."""
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        from mlflow import MlflowClient
-
-        from harness.tracking import last_line
+        from harness.tracking import last_line, mlflow_client
 
         try:
-            MlflowClient(uri).search_experiments(max_results=1)
+            mlflow_client(uri).search_experiments(max_results=1)
         except Exception as error:  # noqa: BLE001 - any failure means: not usable
             raise ConfigError(
                 f"mlflow.tracking_uri: {uri} does not answer ({last_line(str(error))}); a study "

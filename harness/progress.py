@@ -1,10 +1,10 @@
 """What a running study prints: one line per finished trial and a status line for its stage.
 
-    search-et  trial 3/4 run_trial_2f1e8_00002: val_accuracy 0.5312 (test 0.4875) in 41 s
+    search-et  trial 3/4 run_trial_2f1e8_00002: val_accuracy 0.5312 in 41 s
     search-et  3/4 ended (0 failed), 1 running; best val_accuracy 0.5312; 2.1 min, ~0.7 min left
 
-Ray Tune's own progress tables and the trial workers' log lines are off unless `ray.verbose=true`
-(or `python -m harness.sweep -v`).
+Ray Tune's own progress tables and headers and the trial workers' log lines are off unless
+`ray.verbose=true` (or `python -m harness.sweep -v`).
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ class Progress(Callback):
         result = trial.last_result or {}
         seconds = float(result.get("time_total_s") or 0.0)
         if failure is None:
-            score = _score(result, self.metric)
-            test = result.get("test_accuracy")
-            what = f"{self.metric} {score:.4f}"
-            what += f" (test {test:.4f})" if test is not None else ""
+            # the selection metric only: test accuracies are the report's, after selection
+            what = f"{self.metric} {_score(result, self.metric):.4f}"
         else:
             what = f"FAILED: {failure}"
         print(f"{self.stage}  trial {len(ended)}/{self.total} {trial}: {what} in {seconds:.0f} s",

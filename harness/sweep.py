@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import math
 import os
 import re
@@ -57,9 +58,6 @@ from harness.study_state import StudyState
 from harness.train import VALIDATION_FAITHFULNESS
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
-# A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
-# num_to_keep=1): that is what bounds the work a killed driver loses, not a problem to warn about.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 class StudyInterrupted(RuntimeError):
@@ -85,6 +83,13 @@ def _init_ray(cfg: DictConfig) -> bool:
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
+    # num_to_keep=1): that is what bounds the work a killed driver loses, not a problem to warn of.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not cfg.ray.verbose:  # the progress view (harness/progress.py) replaces Tune's output
+        # Tune's new output engine prints each experiment's header whatever its verbosity
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if not ray.is_initialized():
         # the trial workers' own log lines reach this terminal with ray.verbose only
         quiet = {"log_to_driver": bool(cfg.ray.verbose)}

@@ -44,15 +44,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
-# Short HTTP timeouts and few retries: the outbox does the waiting (users may override these).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+# Short HTTP timeouts and few retries: the outbox does the waiting. No "View run ... at" line per
+# run (the progress view names the runs). Defaults only: the user's environment wins.
+MLFLOW_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """An MLflow client for `tracking_uri`, with the harness's defaults (MLFLOW_ENV_DEFAULTS) in
+    this process's environment; MLflow reads them per request."""
+    for key, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return MlflowClient(tracking_uri)
 from ray.tune import Callback  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 
@@ -71,7 +83,7 @@ def start_study_run(state: StudyState) -> str:
 
     The store and the experiment are created here, in the driver, before any trial starts
     (parallel first-time creation of a SQLite store races)."""
-    return _parent_run(MlflowClient(state.tracking_uri), state)
+    return _parent_run(mlflow_client(state.tracking_uri), state)
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -130,7 +142,7 @@ class Outbox:
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._calls: deque[Call] = deque()
         self._changed = threading.Condition()
         threading.Thread(target=self._send, name="mlflow-outbox", daemon=True).start()
@@ -511,10 +523,10 @@ def sync(study_dir: Path, tracking_uri: str | None = None) -> SyncCounts:
     if state is None:
         raise FileNotFoundError(f"{study_dir}: no study_state.json (not a study output folder)")
     if tracking_uri and tracking_uri != state.tracking_uri:  # another store: its own parent run
-        client = MlflowClient(tracking_uri)
+        client = mlflow_client(tracking_uri)
         state = replace(state, tracking_uri=tracking_uri, parent_run_id=None)
         state.parent_run_id = _parent_run(client, state)
-    client = MlflowClient(state.tracking_uri)
+    client = mlflow_client(state.tracking_uri)
     counts = SyncCounts()
     for stage in state.stages:
         records = read_stage(state, stage)

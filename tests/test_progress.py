@@ -25,7 +25,7 @@ def test_progress_prints_each_ended_trial_and_the_stage_status(capsys, tmp_path)
     pending = _trial("t3", "PENDING")
     progress.on_trial_complete(0, [done, now, running, pending], now)
     trial_line, status = capsys.readouterr().out.splitlines()
-    assert trial_line == "search-et  trial 2/4 t1: val_accuracy 0.7500 (test 0.6000) in 120 s"
+    assert trial_line == "search-et  trial 2/4 t1: val_accuracy 0.7500 in 120 s"
     # 2 left x mean 90 s / 2 at once = 1.5 min; the running trial's score is not a result yet
     assert status.startswith("search-et  2/4 ended (0 failed), 1 running; best val_accuracy 0.75")
     assert status.endswith("~1.5 min left")

@@ -31,7 +31,19 @@ def study(tmp_path_factory):
         capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (out.parent / "study_stdout.txt").write_text(result.stdout)
+    (out.parent / "study_stderr.txt").write_text(result.stderr)
     return out
+
+
+def test_the_terminal_shows_the_progress_view_not_ray_tunes_output(study):
+    stdout = (study.parent / "study_stdout.txt").read_text()
+    printed = stdout + (study.parent / "study_stderr.txt").read_text()
+    assert "search-et  trial 2/2 " in stdout and "search-et  2/2 ended (0 failed)" in stdout
+    for ray_line in ("Configuration for experiment", "View detailed results here",
+                     "Wrote the latest version of all result files", "Trial status:"):
+        assert ray_line not in printed, ray_line  # fmt: skip
+    assert stdout.splitlines()[-1] == f"report: {study / 'report'}"
 
 
 def test_report_has_one_row_per_arm_labelled_synthetic(study):

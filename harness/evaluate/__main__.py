@@ -129,8 +129,10 @@ def _run_source(text: str, tracking_uri: str | None, scratch: Path) -> Source:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from harness.tracking import mlflow_client
+
     try:
-        mlflow.MlflowClient(tracking_uri).get_run(run_id)
+        mlflow_client(tracking_uri).get_run(run_id)
     except MlflowException as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SourceError(f"{text}: no such run in {tracking_uri}: {message}") from None
