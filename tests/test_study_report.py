@@ -170,3 +170,37 @@ def test_final_accuracy_intervals_from_the_comparison_table_or_the_seeds(tmp_pat
     paths = plot_final_accuracy(table.reset_index(), tmp_path / "figures", synthetic=True)
     svg = paths[1].read_text()
     assert "test_acc_ci_low" in svg and "SYNTHETIC DATA" in svg and "vanilla" in svg
+
+
+README = "# Tool\n\nprose\n\n<!-- results:birds_video begin -->\nold table\n" \
+         "<!-- results:birds_video end -->\n\nmore prose\n"  # fmt: skip
+
+
+def test_readme_results_refuse_unknown_blocks_non_studies_and_unfinished_studies(tmp_path, capsys):
+    """Every refusal exits 2 with a message and leaves the README and docs/figures untouched."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    (tmp_path / "partial").mkdir()
+    partial = _study_folder(tmp_path / "partial")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([f"nosuch={partial}"], "no block <!-- results:nosuch begin --> (its blocks: birds_video)"),
+        ([f"birds_video={tmp_path / 'empty'}"], "not a study output folder (no study_state.json"),
+        ([f"birds_video={partial}"], "no report/comparison.csv (the study's final stage has not"),
+        ([f"birds_video={partial}", f"birds_video={partial}"], "block 'birds_video' given twice"),
+        ([f"bad-name={partial}"], "a block name is letters, digits"),
+    ]
+    for studies, message in cases:
+        args = ["--readme", str(readme)] + [a for s in studies for a in ("--study", s)]
+        assert main(args) == 2, studies
+        assert message in capsys.readouterr().err
+        assert readme.read_text() == README and not (tmp_path / "docs").exists()
+    for broken, message in [
+        (README.replace("<!-- results:birds_video end -->\n", ""), "has no <!-- results:birds"),
+        (README + "<!-- results:birds_video begin -->\n", "README.md:10: unexpected"),
+    ]:
+        readme.write_text(broken)
+        assert main(["--readme", str(readme), "--study", f"birds_video={partial}"]) == 2
+        assert message in capsys.readouterr().err and readme.read_text() == broken
+    with pytest.raises(SystemExit):
+        main(["--readme", str(readme), "--study", "no-equals-sign"])
