@@ -38,20 +38,23 @@ FIGURE_BUDGET_BYTES = 300_000  # every PNG in the figures folder together
 WIDTHS = (640, 560, 480, 400, 340)  # tried in turn until the budget holds
 # kind -> what it shows (the README's caption); the file each kind is taken from: _figure_sources
 FIGURE_KINDS = {
-    "knobs": "`report/figures/knobs_<method>.png`: validation accuracy of every search "
-    "trial against each knob it searched, one panel per knob; hollow: stopped early by ASHA, red "
-    "crosses: failed; star: the selected trial",
+    "knobs": "`report/figures/knobs_<method>.png`: validation accuracy of every search trial "
+    "against each knob it searched, one panel per knob over the knob's whole range; hollow: "
+    "stopped early by ASHA (at its last value), red crosses: failed; star: the selected trial",
     "history": "`history`: each method's search by trial order and by time, with the best so far",
     "importance": "`importance`: fANOVA and PED-ANOVA importance of each knob (Optuna); fewer than "
     "3 complete trials give a sentence, not a bar",
     "final_accuracy": "`final_accuracy`: each final seed's test accuracy, the mean and its "
-    "interval",
+    "interval (the comparison table's, else a 95% Student-t interval over seeds)",
     "occlusion": "`occlusion`: MoRF and LeRF accuracy of each method's final model (its lowest "
-    "seed) through the same explainers, `random` the floor; all panels on the same axes",
-    "gallery": "`models/<method>/galleries/<explainer>.png`: the same first test clips (true -> "
-    "predicted class) with the relevance of each frame",
-    "trends": "`models/<method>/trends/<explainer>.png`: per class, the mean normalised map of "
-    "each frame and its share per frame",
+    "seed) through the same explainers, every method's own plus `random`, the floor; all panels "
+    "on the same axes",
+    "gallery": "`models/<method>/galleries/<explainer>.png`: the same first test clips for every "
+    "method and explainer (true -> predicted class), side by side on the report page; GIFs "
+    "beside them",
+    "trends": "`models/<method>/trends/<explainer>.png` and `trends.md`: per class, the mean "
+    "normalised map of each frame and its share per frame (and per region in the table), the "
+    "001 seed's per-class analysis",
 }
 BEGIN, END = "<!-- results:{} begin -->", "<!-- results:{} end -->"
 NAME = re.compile(r"[A-Za-z0-9_.]+")  # a block's name (no '-': the figures are <name>-<kind>.png)
