@@ -117,8 +117,6 @@ def measured_line(study: StudyFolder, where: str | None = None) -> str:
         host = f"a {machine['cpus']}-core {machine['system']} {machine['arch']} machine"
     else:
         host = "a machine the study did not record"
-    if (cfg.get("ray") or {}).get("num_cpus"):
-        host += f" (Ray given {cfg['ray']['num_cpus']} CPUs)"
     ray = _note(study, "Ray")
     data = ("**SYNTHETIC data** (the built-in generator, not a real dataset)" if study.synthetic
             else f"data {study.state.tags.get('data', '?')}")  # fmt: skip

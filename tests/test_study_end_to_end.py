@@ -234,7 +234,7 @@ def test_readme_results_blocks_from_the_study(study, tmp_path):
     measured = next(line for line in video.splitlines() if line.startswith("*Measured:*"))
     assert "**SYNTHETIC data**" in measured and f"{os.cpu_count()}-core" in measured
     assert "2 trials per method, 1 epochs per trial, 1 final seed(s)" in measured
-    assert "Ray given 2 CPUs" in measured and state["machine"]["started"] in measured
+    assert state["machine"]["started"] in measured and "up to 2 trials at once" in measured
     minutes = float(re.search(r"wall time ([\d.]+) min", measured)[1])
     assert abs(minutes - state["summary"]["params"]["wall_seconds"] / 60) <= 0.051
     for row in pd.read_csv(study / "report" / "comparison.csv").itertuples():
