@@ -1,10 +1,11 @@
-"""The README's results, generated from study folders: every block between
+"""The README's results, generated from study folders: every block between the two lines
 
     <!-- results:<name> begin -->
     <!-- results:<name> end -->
 
-is rewritten from the study folder given for `<name>` (`python -m harness.report --readme README.md
---study <name>=<study.output_dir>`), and nothing else in the file changes. A block holds one line
+(each marker a line of its own; `<name>`: letters, digits, '_' and '.') is rewritten from the
+study folder given for `<name>` (`python -m harness.report --readme README.md --study
+<name>=<study.output_dir>`), and nothing else in the file changes. A block holds one line
 saying what was measured where and when (the study's experiment and budget, its recorded wall
 time, the cores of the machine it was started on, SYNTHETIC when the data is), the comparison and
 like-for-like tables as `reports/comparison.py` formats them from the study's `report/*.csv`, and
@@ -58,7 +59,8 @@ FIGURE_KINDS = {
 }
 BEGIN, END = "<!-- results:{} begin -->", "<!-- results:{} end -->"
 NAME = re.compile(r"[A-Za-z0-9_.]+")  # a block's name (no '-': the figures are <name>-<kind>.png)
-MARKER = re.compile(r"<!-- results:(?P<name>\S+) (?P<end>begin|end) -->")
+# a marker is a line of its own (a marker quoted in the text is not one)
+MARKER = re.compile(rf"^<!-- results:(?P<name>{NAME.pattern}) (?P<end>begin|end) -->$", re.M)
 
 
 class ReadmeError(ValueError):

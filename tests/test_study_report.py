@@ -172,7 +172,8 @@ def test_final_accuracy_intervals_from_the_comparison_table_or_the_seeds(tmp_pat
     assert "test_acc_ci_low" in svg and "SYNTHETIC DATA" in svg and "vanilla" in svg
 
 
-README = "# Tool\n\nprose\n\n<!-- results:birds_video begin -->\nold table\n" \
+README = "# Tool\n\nprose quoting `<!-- results:quoted begin -->`\n\n" \
+         "<!-- results:birds_video begin -->\nold table\n" \
          "<!-- results:birds_video end -->\n\nmore prose\n"  # fmt: skip
 
 
