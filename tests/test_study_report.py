@@ -205,3 +205,22 @@ def test_readme_results_refuse_unknown_blocks_non_studies_and_unfinished_studies
         assert message in capsys.readouterr().err and readme.read_text() == broken
     with pytest.raises(SystemExit):
         main(["--readme", str(readme), "--study", "no-equals-sign"])
+
+
+def test_the_repository_readme_has_its_results_blocks_and_small_figures():
+    """The README's results blocks are where `--readme` expects them, and every figure it links
+    is in docs/figures/, all of them under the 300 KB budget."""
+    import re
+    from pathlib import Path
+
+    from reports.readme import FIGURE_BUDGET_BYTES, blocks_of
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    assert set(blocks_of(text)) == {"birds_video", "birds_signal", "birds_hybrid", "models",
+                                    "explainers"}  # fmt: skip
+    linked = re.findall(r"\]\((docs/figures/[^)]+\.png)\)", text)
+    assert linked and all((root / path).is_file() for path in linked)
+    figures = list((root / "docs" / "figures").glob("*.png"))
+    assert sorted(root / p for p in linked) == sorted(figures)  # none unlinked
+    assert sum(p.stat().st_size for p in figures) <= FIGURE_BUDGET_BYTES
