@@ -243,6 +243,10 @@ def load_blocks(specs: Sequence[tuple[str, str, bool]], figures: set[str] | None
             raise ReadmeError(f"--study {name}={folder}: {error}") from None
         wanted = not explainers if figures is None else name in figures
         blocks.append(Block(name, study, explainers, wanted))
+    unknown = sorted((figures or set()) - {b.name for b in blocks})
+    if unknown:
+        raise ReadmeError(f"--figures {','.join(unknown)}: not a block given by --study or "
+                          f"--explainer-table ({', '.join(b.name for b in blocks)})")  # fmt: skip
     return blocks
 
 

@@ -203,6 +203,10 @@ def test_readme_results_refuse_unknown_blocks_non_studies_and_unfinished_studies
         readme.write_text(broken)
         assert main(["--readme", str(readme), "--study", f"birds_video={partial}"]) == 2
         assert message in capsys.readouterr().err and readme.read_text() == broken
+    readme.write_text(README)
+    assert main(["--readme", str(readme), "--study", f"birds_video={partial}",
+                 "--figures", "birds_vidoe"]) == 2  # fmt: skip
+    assert "--figures birds_vidoe: not a block given by --study" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--readme", str(readme), "--study", "no-equals-sign"])
 
