@@ -1,27 +1,60 @@
-"""Rebuild a study's report from its output folder, without running a trial.
+"""Rebuild a study's report from its output folder, without running a trial; or write the
+README's results blocks from study folders.
 
     python -m harness.report <study.output_dir> [--no-explain] [--explainers a,b,...]
+    python -m harness.report --readme README.md --study <name>=<study.output_dir> [...]
 
-Writes `<study.output_dir>/report/index.html` and the figures and tables beside it (see
+The first writes `<study.output_dir>/report/index.html` and the figures and tables beside it (see
 reports/study_report.py); the sweep writes the same at the end of a study. Works on a finished,
-resumed or interrupted study (the page says which stages are missing). Exit status 2, with a
-message, for a folder that is not a study or a study none of whose stages has finished.
+resumed or interrupted study (the page says which stages are missing). The second rewrites the
+blocks `<!-- results:<name> begin -->` ... `<!-- results:<name> end -->` of the README from the
+studies' own files (reports/readme.py), and copies their figures to docs/figures/. Exit status 2,
+with a message, for a folder that is not a study, a study none of whose stages has finished, or
+(--readme) a block the README lacks or a study without its final stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected <name>=<study.output_dir>")
+    return name, folder
+
+
+def _readme(args: argparse.Namespace) -> int:
+    from reports.readme import ReadmeError, load_blocks, update_readme
+
+    specs = [(n, f, False) for n, f in args.study] + [(n, f, True) for n, f in args.explainer_table]
+    if not specs:
+        print("error: --readme needs at least one --study or --explainer-table", file=sys.stderr)
+        return 2
+    figures = None if args.figures is None else {n for n in args.figures.split(",") if n}
+    try:
+        blocks = load_blocks(specs, figures)
+        names = update_readme(args.readme, blocks, where=args.where)
+    except (ReadmeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: results blocks {', '.join(names)} rewritten")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="Rebuild a study's report (report/index.html, figures, knob table, "
-        "hyperparameter importance, explanations of the final models) from its output folder.",
-        epilog="Example: python -m harness.report outputs/birds_video",
+        "hyperparameter importance, explanations of the final models) from its output folder; "
+        "or, with --readme, write the README's results blocks from study folders.",
+        epilog="Examples: python -m harness.report outputs/birds_video;  python -m harness.report "
+        "--readme README.md --study birds_video=outputs/birds_video",
     )
-    parser.add_argument("study_dir", help="the study's study.output_dir")
+    parser.add_argument("study_dir", nargs="?", help="the study's study.output_dir")
     parser.add_argument(
         "--no-explain", action="store_true",
         help="do not put the final models through the explainers (reuse report/models/)",
@@ -31,7 +64,32 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated explainers for the final models (default: the methods' own "
         "explainers and random)",
     )  # fmt: skip
+    readme = parser.add_argument_group("README results (--readme)")
+    readme.add_argument("--readme", type=Path, help="the README whose results blocks to rewrite")
+    readme.add_argument(
+        "--study", type=_pair, action="append", default=[], metavar="NAME=DIR",
+        help="block <!-- results:NAME begin/end --> gets DIR's comparison tables and figures",
+    )  # fmt: skip
+    readme.add_argument(
+        "--explainer-table", type=_pair, action="append", default=[], metavar="NAME=DIR",
+        help="block NAME gets the explainer tables of DIR's final models "
+        "(report/models/<method>/explainers.csv)",
+    )  # fmt: skip
+    readme.add_argument(
+        "--figures", default=None, metavar="NAMES",
+        help="comma-separated blocks that get figures (default: every --study block)",
+    )  # fmt: skip
+    readme.add_argument(
+        "--where", default=None,
+        help="a few words added to the measured line, e.g. 'shared with other jobs'",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        if args.study_dir:
+            parser.error("--readme takes its studies as --study NAME=DIR, not a positional folder")
+        return _readme(args)
+    if not args.study_dir:
+        parser.error("the study's study.output_dir is required (or --readme)")
     from harness.explain import EXPLAINERS
     from reports.study_folder import StudyFolderError
     from reports.study_report import build_report

@@ -2,22 +2,30 @@
 `<study.output_dir>/study_state.json`.
 
 It holds the configuration the study was started with (a re-run with another one is refused), the
-MLflow target and parent run, the study's tags, each stage (one Ray Tune experiment under
-`ray/<stage>`: `search-<method>`, `final`) with its tags and whether it finished, and, once the
-report is written, the summary logged to the parent run. The file is replaced atomically, so a
-driver killed at any point leaves either the previous or the new version.
+MLflow target and parent run, the study's tags, the machine it was started on, each stage (one Ray
+Tune experiment under `ray/<stage>`: `search-<method>`, `final`) with its tags and whether it
+finished, and, once the report is written, the summary logged to the parent run. The file is
+replaced atomically, so a driver killed at any point leaves either the previous or the new version.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "study_state.json"
+
+
+def this_machine() -> dict[str, Any]:
+    """The driver's machine when a study starts: CPU cores, OS and architecture, UTC start time."""
+    return {"cpus": os.cpu_count(), "system": platform.system(), "arch": platform.machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
 
 
 @dataclass
@@ -37,6 +45,8 @@ class StudyState:
     tags: dict[str, str] = field(default_factory=dict)
     stages: dict[str, Stage] = field(default_factory=dict)
     summary: dict[str, dict[str, Any]] | None = None  # {"params": {...}, "metrics": {...}}
+    # where the study was started: the driver's machine (what a README results line names)
+    machine: dict[str, Any] | None = field(default_factory=this_machine)
 
     @property
     def ray_dir(self) -> Path:
@@ -49,6 +59,7 @@ class StudyState:
             return None
         data = json.loads(path.read_text())
         stages = {name: Stage(**stage) for name, stage in data.pop("stages", {}).items()}
+        data.setdefault("machine", None)  # a study started before it was recorded: unknown
         return cls(folder=Path(folder), stages=stages, **data)
 
     def save(self) -> None:

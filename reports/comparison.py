@@ -226,6 +226,17 @@ def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return shown
 
 
+def comparison_markdown(table: pd.DataFrame, baseline: str = "vanilla") -> str:
+    """The comparison table (comparison.csv's rows) as comparison.md shows it, numbers as
+    formatted there; also the README's results blocks (reports/readme.py)."""
+    return _display(table, baseline).to_markdown(index=False, disable_numparse=True)
+
+
+def faithfulness_markdown(faithfulness: pd.DataFrame) -> str:
+    """The like-for-like table (faithfulness.csv's rows) as comparison.md shows it."""
+    return _display_faithfulness(faithfulness).to_markdown(index=False, disable_numparse=True)
+
+
 def _display_faithfulness(faithfulness: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame({"method": faithfulness["method"],
                           "explainer": faithfulness["explainer"]})  # fmt: skip
@@ -269,13 +280,12 @@ def write_comparison(
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = bool(table["synthetic"].any())
     label = "SYNTHETIC DATA: built-in generator, not a real dataset. " if synthetic else ""
-    shown = _display(table, baseline)
     lines = [f"# {title}", ""]
     if synthetic:
         lines += [f"**{label.strip()}** Numbers show how the methods behave on the synthetic task, "
                   "not on BIRDS.", ""]  # fmt: skip
-    markdown = shown.to_markdown(index=False, disable_numparse=True)  # numbers as formatted
-    lines += [f"- {k}: {v}" for k, v in notes.items()] + ["", markdown, ""]
+    lines += [f"- {k}: {v}" for k, v in notes.items()]
+    lines += ["", comparison_markdown(table, baseline), ""]
     family = int(table[f"p_vs_{baseline}"].notna().sum())
     lines += [STATISTICS_NOTE.format(baseline=baseline, family=family), ""]
     lines += [
@@ -291,7 +301,7 @@ def write_comparison(
     if faithfulness is not None and len(faithfulness):
         lines += [
             "", "## Like-for-like faithfulness", "",
-            _display_faithfulness(faithfulness).to_markdown(index=False, disable_numparse=True), "",
+            faithfulness_markdown(faithfulness), "",
             "Every arm's final models, each explainer of evaluation.explainers with its default "
             "parameters, occlusion-tested on the model's plain forward of whole inputs (no ET "
             "restriction), means over seeds. clean acc: that forward's test accuracy (the "
@@ -325,7 +335,8 @@ def write_comparison(
     caption = f"{label}{title}".replace("%", r"\%").replace("_", r"\_")
     note = STATISTICS_NOTE.format(baseline=baseline, family=family)
     note = note.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$")
-    latex = shown.to_latex(index=False, caption=caption, escape=True).replace("±", r"$\pm$")
+    latex = _display(table, baseline).to_latex(index=False, caption=caption, escape=True)
+    latex = latex.replace("±", r"$\pm$")
     paths["tex"].write_text(
         latex.replace("\\end{table}", f"\\par\\footnotesize {note}\n\\end{{table}}")
     )

@@ -201,6 +201,29 @@ def test_birds_signal_checks(tmp_path):
         index_birds(root, modality="signal", on_bad_file="skip")
 
 
+def test_birds_non_finite_signal_values_are_bad_files(tmp_path):
+    """A NaN, an inf or a word among a signal's values is found while indexing (before any
+    cache), names the file, line and channel, and `skip` leaves that clip out."""
+    extra = [("c5", "fall", "train"), ("c6", "no_risk", "val"), ("c7", "fall", "train")]
+    root = _birds(tmp_path / "b", rows=[*_default_rows(), *extra])
+    (root / "signal" / "c1.csv").write_text("acc_x,acc_y,acc_z\n0,0.1,0.2\n1,nan,1.2\n")
+    np.save(root / "signal" / "c2.npy", np.array([[0, 1, 2], [3, np.inf, 5]], np.float32))
+    (root / "signal" / "c5.csv").write_text("acc_x,acc_y,acc_z\n0,0.1,0.2\n1,oops,1.2\n")
+    with pytest.raises(DatasetError) as err:
+        index_birds(root, modality="signal")
+    message = str(err.value)
+    assert "3 problems" in message and "on_bad_file='skip'" in message
+    assert "c1.csv: line 3, channel 'acc_y': not a finite number" in message
+    assert "c2.npy: row 1, channel '1': not a finite number" in message
+    assert "c5.csv: line 3, channel 'acc_y': 'oops' is not a number" in message
+    index = index_birds(root, modality="signal", on_bad_file="skip")
+    assert [s.clip_id for s in index.samples] == ["c7", "c3", "c6", "c4"]
+    reasons = {s.path.name: s.reason for s in index.skipped}
+    assert reasons == {"c1.csv": "line 3, channel 'acc_y': not a finite number",
+                       "c2.npy": "row 1, channel '1': not a finite number",
+                       "c5.csv": "line 3, channel 'acc_y': 'oops' is not a number"}  # fmt: skip
+
+
 def test_birds_skip_lists_files_and_can_empty_a_split(tmp_path):
     root = _birds(tmp_path / "b")
     (root / "video" / "c3.mkv").write_bytes(b"")  # the only val clip

@@ -59,3 +59,29 @@ def test_a_dataset_a_study_cannot_learn_from_is_refused_by_name():
         check_splits(dataset([0, 1, 0, 1], ["train", "val", "test", "test"]))
     with pytest.raises(DatasetError, match=r"the val split is empty"):
         check_splits(dataset([0, 1, 0], ["train", "train", "test"]))
+
+
+def test_a_label_typo_leaving_a_class_without_training_clips_stops_the_cli(tmp_path, capsys):
+    """A BIRDS-style folder whose annotation misspells a label once ('wlak', a test clip) has a
+    class with no training clip: exit 2, the class named, nothing written, no Ray."""
+    import numpy as np
+    import ray
+
+    root = tmp_path / "BIRDS"
+    (root / "signal").mkdir(parents=True)
+    rows = [("t1", "fall", "train"), ("t2", "walk", "train"), ("t3", "fall", "train"),
+            ("t4", "walk", "train"), ("v1", "fall", "val"), ("v2", "walk", "val"),
+            ("e1", "fall", "test"), ("e2", "wlak", "test")]  # fmt: skip
+    (root / "annotations.csv").write_text(
+        "clip_id,label,split\n" + "".join(f"{c},{label},{split}\n" for c, label, split in rows)
+    )
+    for i, (clip, _, _) in enumerate(rows):
+        np.save(root / "signal" / f"{clip}.npy", np.random.default_rng(i).normal(size=(64, 3)))
+    out, cache = tmp_path / "study", tmp_path / "cache"
+    code = main(["birds_signal", "sweep=smoke", f"data.root={root}", f"study.output_dir={out}",
+                 f"data.cache_dir={cache}"])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "class(es) wlak have no training samples" in error
+    assert "(a label typo in the annotation table?)" in error
+    assert not out.exists() and not cache.exists() and not ray.is_initialized()

@@ -219,3 +219,57 @@ def test_report_numbers_are_the_study_numbers(study):
     assert "SYNTHETIC DATA" in page and "Partial study" not in page
     for method in METHODS:
         assert f"../best/{method}.yaml" in page
+
+
+def test_readme_results_blocks_from_the_study(study, tmp_path):
+    """`python -m harness.report --readme`: the marked blocks get the study's own tables, its
+    measured line and its figures (under the budget); the rest of the README stays as it was."""
+    import re
+
+    from harness.report import main
+    from reports.readme import FIGURE_KINDS, ReadmeError, load_blocks, update_readme
+
+    before, after = "# Tool\n\nintro <!-- a comment -->\n\n", "\n\n## Next\n\ntext\n"
+    blocks = "".join(f"<!-- results:{n} begin -->\nstale\n<!-- results:{n} end -->\n\nbetween\n\n"
+                     for n in ("birds_video", "explainers"))  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(before + blocks + after)
+    args = ["--readme", str(readme), "--study", f"birds_video={study}",
+            "--explainer-table", f"explainers={study}"]  # fmt: skip
+    assert main(args) == 0
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and "stale" not in text
+    assert text.count("\n\nbetween\n\n") == 2
+    video, explainers = (text.split(f"<!-- results:{n} begin -->")[1].split("end -->")[0]
+                         for n in ("birds_video", "explainers"))  # fmt: skip
+    state = json.loads((study / "study_state.json").read_text())
+    measured = next(line for line in video.splitlines() if line.startswith("*Measured:*"))
+    assert "**SYNTHETIC data**" in measured and f"{os.cpu_count()}-core" in measured
+    assert "2 trials per method, 1 epochs per trial, 1 final seed(s)" in measured
+    assert state["machine"]["started"] in measured and "up to 2 trials at once" in measured
+    minutes = float(re.search(r"wall time ([\d.]+) min", measured)[1])
+    assert abs(minutes - state["summary"]["params"]["wall_seconds"] / 60) <= 0.051
+    for row in pd.read_csv(study / "report" / "comparison.csv").itertuples():
+        cell = f"{row.test_acc_mean:.3f} [{row.test_acc_low:.3f}, {row.test_acc_high:.3f}]"
+        assert re.search(rf"^\| {re.escape(row.method)} +\| {re.escape(cell)} ", video, re.M)
+    for method in METHODS:
+        table = pd.read_csv(study / "report" / "models" / method / "explainers.csv")
+        assert f"`{method}`'s final model" in explainers
+        for value in table["lerf_auc"].dropna():
+            assert f"{value:.3f}" in explainers
+    figures = sorted((tmp_path / "docs" / "figures").glob("*.png"))
+    assert [p.name for p in figures] == sorted(f"birds_video-{k}.png" for k in FIGURE_KINDS)
+    assert sum(p.stat().st_size for p in figures) <= 300_000
+    for path in figures:
+        assert f"](docs/figures/{path.name})" in video and Image.open(path).width <= 640
+    first = {p: p.read_bytes() for p in figures}
+    assert main(args) == 0 and readme.read_text() == text  # generated again: the same
+    assert {p: p.read_bytes() for p in figures} == first
+    # a smaller budget: narrower figures; one that no width meets: refused, nothing written
+    loaded = load_blocks([("birds_video", str(study), False)], None)
+    update_readme(readme, loaded, budget=sum(map(len, first.values())) * 2 // 3)
+    assert all(Image.open(p).width < 640 for p in figures)
+    shrunk = {p: p.read_bytes() for p in figures}
+    with pytest.raises(ReadmeError, match="over the budget of 1000"):
+        update_readme(readme, loaded, budget=1000)
+    assert readme.read_text() == text and {p: p.read_bytes() for p in figures} == shrunk

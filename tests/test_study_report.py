@@ -170,3 +170,61 @@ def test_final_accuracy_intervals_from_the_comparison_table_or_the_seeds(tmp_pat
     paths = plot_final_accuracy(table.reset_index(), tmp_path / "figures", synthetic=True)
     svg = paths[1].read_text()
     assert "test_acc_ci_low" in svg and "SYNTHETIC DATA" in svg and "vanilla" in svg
+
+
+README = "# Tool\n\nprose quoting `<!-- results:quoted begin -->`\n\n" \
+         "<!-- results:birds_video begin -->\nold table\n" \
+         "<!-- results:birds_video end -->\n\nmore prose\n"  # fmt: skip
+
+
+def test_readme_results_refuse_unknown_blocks_non_studies_and_unfinished_studies(tmp_path, capsys):
+    """Every refusal exits 2 with a message and leaves the README and docs/figures untouched."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    (tmp_path / "partial").mkdir()
+    partial = _study_folder(tmp_path / "partial")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([f"nosuch={partial}"], "no block <!-- results:nosuch begin --> (its blocks: birds_video)"),
+        ([f"birds_video={tmp_path / 'empty'}"], "not a study output folder (no study_state.json"),
+        ([f"birds_video={partial}"], "no report/comparison.csv (the study's final stage has not"),
+        ([f"birds_video={partial}", f"birds_video={partial}"], "block 'birds_video' given twice"),
+        ([f"bad-name={partial}"], "a block name is letters, digits"),
+    ]
+    for studies, message in cases:
+        args = ["--readme", str(readme)] + [a for s in studies for a in ("--study", s)]
+        assert main(args) == 2, studies
+        assert message in capsys.readouterr().err
+        assert readme.read_text() == README and not (tmp_path / "docs").exists()
+    for broken, message in [
+        (README.replace("<!-- results:birds_video end -->\n", ""), "has no <!-- results:birds"),
+        (README + "<!-- results:birds_video begin -->\n", "README.md:10: unexpected"),
+    ]:
+        readme.write_text(broken)
+        assert main(["--readme", str(readme), "--study", f"birds_video={partial}"]) == 2
+        assert message in capsys.readouterr().err and readme.read_text() == broken
+    readme.write_text(README)
+    assert main(["--readme", str(readme), "--study", f"birds_video={partial}",
+                 "--figures", "birds_vidoe"]) == 2  # fmt: skip
+    assert "--figures birds_vidoe: not a block given by --study" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--readme", str(readme), "--study", "no-equals-sign"])
+
+
+def test_the_repository_readme_has_its_results_blocks_and_small_figures():
+    """The README's results blocks are where `--readme` expects them, and every figure it links
+    is in docs/figures/, all of them under the 300 KB budget."""
+    import re
+    from pathlib import Path
+
+    from reports.readme import FIGURE_BUDGET_BYTES, blocks_of
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    assert set(blocks_of(text)) == {"birds_video", "birds_signal", "birds_hybrid", "models",
+                                    "explainers"}  # fmt: skip
+    linked = re.findall(r"\]\((docs/figures/[^)]+\.png)\)", text)
+    assert linked and all((root / path).is_file() for path in linked)
+    figures = list((root / "docs" / "figures").glob("*.png"))
+    assert sorted(root / p for p in linked) == sorted(figures)  # none unlinked
+    assert sum(p.stat().st_size for p in figures) <= FIGURE_BUDGET_BYTES

@@ -16,9 +16,10 @@ file (and the field, line or pattern) at fault.
 plain file stem.  Classes are the sorted unique labels unless ``class_names`` is given (then
 every label must be in it, and its order defines the label indices).  All signals must have
 the same channel count, and all CSV signals the same header (the most common one is the
-reference; a tie goes to the first in sorted order).  ``group_column`` (optional) names a
-column of subject/recording ids: it is carried per sample and a group found in two splits is an
-error (no subject leakage).
+reference; a tie goes to the first in sorted order); every value must be a finite number (a
+signal file is read in full here: a NaN or inf is a bad file, like a wrong header).
+``group_column`` (optional) names a column of subject/recording ids: it is carried per sample
+and a group found in two splits is an error (no subject leakage).
 
 **UCF50** (:func:`index_ucf50`)::
 
@@ -622,13 +623,15 @@ def _read_annotations(path: Path) -> tuple[list[tuple[int, dict[str, str]]], lis
 def _check_signals(
     candidates: list[Sample], bad: _BadFiles
 ) -> tuple[list[Sample], int | None, tuple[str, ...] | None]:
-    """Header/channel checks of every signal: the most common CSV header (and channel count)
-    is the reference, the files that differ are bad files."""
+    """Every signal read in full (a value that is not a finite number, NaN and inf included, is
+    a bad file: signal files are small) and its header checked: the most common CSV header
+    (and channel count) is the reference, the files that differ are bad files."""
     info: dict[str, tuple[str, ...] | int] = {}
     kept = []
     for s in candidates:
         try:
             info[s.clip_id] = read_signal_header(s.signal_path)
+            read_signal(s.signal_path)
             kept.append(s)
         except DatasetError as exc:
             bad.add(s.signal_path, str(exc).split(": ", 1)[-1])
