@@ -59,7 +59,10 @@ STATISTICS_NOTE = (
     "that resamples both the seeds and the test clips. Δ vs {baseline}: the paired difference "
     "(same clips, seed positions paired) with its paired bootstrap interval; p: two-sided paired "
     "permutation test (signs of each clip's mean difference flipped), Holm-corrected over the "
-    "{family} comparison(s) of this table. The intervals cover the variation of training seeds "
+    "{family} comparison(s) of this table. p holds the trained models fixed (it flips clips, "
+    "not seeds): with few seeds it can be small while the interval, which also resamples the "
+    "seeds, covers 0; then the difference holds on these seeds' models, not across training "
+    "runs. The intervals cover the variation of training seeds "
     "and of the test sample; they do not cover the search's own variance (which configuration "
     "another search budget or sampler seed would have selected), nor any dataset but this one."
 )
@@ -198,7 +201,8 @@ def _with_interval(value: float, low: float, high: float, signed: bool = False) 
 
 
 def _p(value: float) -> str:
-    return "—" if value != value else f"{value:.3g}"
+    """A p-value as the table shows it: under 0.001 as a bound (the permutation floor is 1e-4)."""
+    return "—" if value != value else "< 0.001" if value < 0.001 else f"{value:.3g}"
 
 
 def _display(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -307,10 +311,7 @@ def write_comparison(
             "restriction), means over seeds. clean acc: that forward's test accuracy (the "
             "bound of the gap); random: the floor. distinct values: mean number of distinct "
             "relevance values per map / tokens per map (a flat map has 1)."
-            + (" Ground truth (synthetic data): energy = share of positive relevance inside the "
-               "actor's box (energy pointing game), pointing hit = share of frames whose most "
-               "relevant token touches the box; motion_oracle: a model-free frame-difference "
-               "map, the reference." if _has_ground_truth(faithfulness) else ""),
+            + _ground_truth_note(faithfulness),
         ]  # fmt: skip
         faithfulness.to_csv(folder / "faithfulness.csv", index=False)
     if failures is not None and len(failures):
@@ -343,7 +344,21 @@ def write_comparison(
     return paths
 
 
-def _has_ground_truth(faithfulness: pd.DataFrame) -> bool:
-    """Whether the table holds localisation scores (synthetic data knows where the evidence is)."""
-    columns = [c for c in faithfulness.columns if c.startswith(("energy_", "hit_"))]
-    return bool(columns) and bool(faithfulness[columns].notna().to_numpy().any())
+_GROUND_TRUTH = {  # what the synthetic generator knows, per input: the localisation columns
+    "video": "energy in actor = share of positive relevance inside the actor's box (energy "
+    "pointing game), pointing hit = share of frames whose most relevant token touches the box; "
+    "motion_oracle: a model-free frame-difference map, the reference",
+    "signal": "energy in event = share of positive relevance inside the event's time window, "
+    "pointing hit (signal) = share of signals whose most relevant time patch touches the window",
+}
+
+
+def _ground_truth_note(faithfulness: pd.DataFrame) -> str:
+    """The localisation columns' sentence, for the inputs whose scores the table holds (synthetic
+    data knows where the evidence is); empty when it holds none."""
+    held = [
+        text for name, text in _GROUND_TRUTH.items()
+        if any(c in faithfulness and faithfulness[c].notna().any()
+               for c in (f"energy_{name}", f"hit_{name}"))
+    ]  # fmt: skip
+    return f" Ground truth (synthetic data): {'; '.join(held)}." if held else ""

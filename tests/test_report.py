@@ -98,6 +98,27 @@ def test_table_intervals_paired_tests_and_holm(tmp_path):
     assert (tmp_path / "failed_trials.csv").read_text().count("\n") == 2
     assert len(pd.read_csv(tmp_path / "faithfulness.csv")) == 6
     assert "SYNTHETIC" in paths["tex"].read_text()
+    # et's 0.8 against vanilla's 0.5 over 50 clips: below the permutation test's resolution
+    assert row.p_vs_vanilla < 0.001 and "| < 0.001 " in markdown
+    assert "flips clips, not seeds" in markdown
+
+
+@pytest.mark.parametrize(
+    ("columns", "said", "not_said"),
+    [({"energy_video": [0.4, 0.1]}, "inside the actor's box", "event's time window"),
+     ({"energy_signal": [0.4, 0.1]}, "inside the event's time window", "actor's box"),
+     ({"energy_video": [0.4, 0.1], "hit_signal": [0.5, 0.2]}, "actor's box", "nothing"),
+     ({"energy_video": [math.nan, math.nan]}, "", "Ground truth")],
+)
+def test_the_ground_truth_sentence_names_what_the_table_scores(tmp_path, columns, said, not_said):
+    table = comparison_table([_summary("vanilla", 0.5)], "birds_synthetic", synthetic=True)
+    faithfulness = pd.DataFrame({"method": ["vanilla"] * 2, "explainer": ["rollout", "random"],
+                                 "gap": [0.2, 0.0], **columns})  # fmt: skip
+    markdown = write_comparison(table, tmp_path, "t", {}, faithfulness=faithfulness)["md"]
+    text = markdown.read_text()
+    assert said in text and not_said not in text
+    if "hit_signal" in columns:
+        assert "most relevant time patch touches the window" in text
 
 
 def test_one_seed_still_has_an_interval():
