@@ -2,7 +2,9 @@
 
 ET (Ayyar et al., "Explain to Train") crops the input frames dynamically to "retain the salient
 region with highest area". Every policy maps full-resolution clips ``[B, T, C, H, W]`` and a
-non-negative patch-grid relevance ``[B, T, h, w]`` to model inputs ``[B, T, C, S, S]``.
+non-negative patch-grid relevance ``[B, T, h, w]`` to model inputs ``[B, T, C, S, S]``, except
+``prune``, which keeps the clip whole and gives the model the top ``keep`` share of its patches
+to run on (a `Pruned` input: the model drops the other tokens, harness/models/base.py).
 
 Common steps, with ``r`` the relevance:
     m = mean_t r[:, t]                      spatial map per clip   [B, h, w]
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
+
+from harness.models.base import Pruned
 
 Box = tuple[float, float, float, float]  # (top, left, bottom, right), bottom/right exclusive
 PixelBox = tuple[int, int, int, int]
@@ -161,12 +165,33 @@ def no_crop(
     return downsample(clips, size)
 
 
+def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
+    """int64 [B, k], ascending: each clip's ``k = max(1, round(keep * h * w))`` spatial patches of
+    highest ``mean_t r[:, t]`` (p = row * w + col), ties in the seeded random order of the
+    occlusion test (`tie_order`: never by position)."""
+    from harness.evaluate.occlusion import tie_order  # evaluate imports the methods
+
+    scores = relevance.detach().float().mean(1).flatten(1)  # [B, P]
+    count = max(1, round(keep * scores.shape[1]))
+    return tie_order(scores, generator)[:, :count].sort(1).values
+
+
+def prune_tokens(
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    keep: float = 0.5,
+) -> Pruned:  # fmt: skip
+    """The whole clip downsampled, to be run on its `top_patches` only (the same in every frame):
+    attention and MLP costs fall with the kept share ``keep``; nothing is resized or zeroed."""
+    return Pruned(downsample(clips, size), top_patches(relevance, keep).to(clips.device))
+
+
 CROP_POLICIES: dict[str, CropPolicy] = {
     "largest_region": partial(box_crop, region="largest"),
     "union_box": partial(box_crop, region="union"),
     "mask": mask_salient,
     "soft": soft_weight,
     "none": no_crop,
+    "prune": prune_tokens,
 }
 
 
