@@ -21,8 +21,10 @@ input side (as the synthetic data) and random labels, in this one process:
   `torch.autograd.graph.saved_tensors_hooks`): the activation memory, what pruning cuts. On CUDA
   also the step's peak allocated memory (`torch.cuda.max_memory_allocated`).
 
-Every time is the median of `--repeats` runs after `--warmup` (`--clock cpu`: this process's CPU
-time, which on a shared machine with one thread measures the work rather than the waiting). The
+Every time is the fastest of `--repeats` interleaved rounds (each round runs every row's step,
+epoch and prediction in turn, after `--warmup` runs of each: a change of load reaches every row
+alike, and load only ever adds time); `--clock cpu` (the default) reads this process's CPU time,
+which on a shared machine with one thread measures the work rather than the waiting. The
 model weights are random, so the relevance (and ET's crops) are those of an untrained model: the
 costs of the box crops depend a little on the boxes; the pruned forward's does not. Video Swin-T
 cannot prune (config-time refusal): its prune rows say so. benchmarks/README.md has the numbers.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,7 +87,7 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def measure(model_name: str, size: str, batch_size: int, args, timer: Timer) -> dict[str, dict]:
+def measure(model_name: str, size: str, batch_size: int, args) -> dict[str, dict]:
     cfg = {"name": model_name, **COMMON, **SIZES[size][model_name]}
     side = cfg["image_size"]
     generator = torch.Generator().manual_seed(0)
@@ -98,10 +101,11 @@ def measure(model_name: str, size: str, batch_size: int, args, timer: Timer) -> 
         for b in range(args.batches)
     ]  # fmt: skip
     prunes = adapter_of(cfg).prunes
+    runs: dict[str, dict[str, Callable[[], object]]] = {}
     results: dict[str, dict] = {}
     for row, (name, changes) in ROWS.items():
+        results[row] = {}
         if changes.get("crop_policy") == "prune" and not prunes:
-            results[row] = {}
             continue
         torch.manual_seed(0)
         model = build_model(cfg, 4).to(args.device)
@@ -110,7 +114,8 @@ def measure(model_name: str, size: str, batch_size: int, args, timer: Timer) -> 
         )
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def step(batch: Batch, method=method, model=model, optimiser=optimiser) -> None:
+        def step(batch=batches[0], method=method, model=model, optimiser=optimiser) -> None:
+            model.train()
             optimiser.zero_grad(set_to_none=True)
             method.loss(model, batch)[0].backward()
             optimiser.step()
@@ -120,25 +125,38 @@ def measure(model_name: str, size: str, batch_size: int, args, timer: Timer) -> 
         def epochs(method=method, model=model, step=step, every=every) -> None:
             for epoch in range(1, 1 + every):  # epoch 0 primed the cache
                 method.start_epoch(model, epoch, lambda: iter(batches))
-                model.train()
                 for batch in batches:
                     step(batch)
+        def predict(method=method, model=model) -> None:
+            model.eval()
+            with torch.no_grad():
+                method.predict(model, batches[0].inputs)
 
         method.start_epoch(model, 0, lambda: iter(batches))  # ET: the first explaining pass
-        model.train()
         saved = SavedBytes()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             if args.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(args.device)
-            step(batches[0])
-        result = {"step": timer.ms(lambda: step(batches[0])), "memory": saved.total}
+            step()
+        results[row]["memory"] = saved.total
         if args.device.type == "cuda":
-            result["peak"] = torch.cuda.max_memory_allocated(args.device)
-        result["epoch"] = timer.ms(epochs) / every
-        model.eval()
-        with torch.no_grad():
-            result["predict"] = timer.ms(lambda m=method, x=model: m.predict(x, batches[0].inputs))
-        results[row] = result
+            results[row]["peak"] = torch.cuda.max_memory_allocated(args.device)
+        runs[row] = {"step": step, "epoch": epochs, "predict": predict}
+        results[row]["every"] = every
+    # interleaved rounds: every row's runs in turn, so a change of load reaches all rows alike
+    once = Timer(args.device, 1, 0, args.clock)
+    for fns in runs.values():
+        for fn in fns.values():
+            for _ in range(args.warmup):
+                fn()
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for row, fns in runs.items():
+            for key, fn in fns.items():
+                times.setdefault((row, key), []).extend(once.samples(fn))
+    for (row, key), samples in times.items():
+        per_epoch = results[row]["every"] if key == "epoch" else 1
+        results[row][key] = min(samples) / per_epoch
     return results
 
 
@@ -171,15 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.device = torch.device(args.device)
-    timer = Timer(args.device, args.repeats, args.warmup, args.clock)
     sizes = ["tiny", "larger"] if args.size == "both" else [args.size]
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s), device {args.device}, {args.clock} clock, median of "
-          f"{args.repeats}, {args.batches} batches per epoch")  # fmt: skip
+          f"{args.threads} thread(s), device {args.device}, {args.clock} clock, fastest of "
+          f"{args.repeats} rounds, {args.batches} batches per epoch")  # fmt: skip
     for size in sizes:
         batch_size = args.batch_size if size == "tiny" else args.larger_batch_size
         for model in args.models.split(","):
-            results = measure(model, size, batch_size, args, timer)
+            results = measure(model, size, batch_size, args)
             base = results["vanilla"]
             print(f"\n**{model}, {size}** (batch {batch_size}; vanilla: step "
                   f"{base['step']:.0f} ms, epoch {base['epoch']:.0f} ms, predict "
