@@ -169,7 +169,7 @@ def table(results: dict[str, dict]) -> list[str]:
         if result:
             cells = [f"{result[c] / base[c]:.2f}" for c in columns]
         else:
-            cells = ["refused (cannot prune)"] * len(columns)
+            cells = ["refused: cannot prune"] + ["-"] * (len(columns) - 1)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
