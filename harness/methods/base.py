@@ -127,9 +127,10 @@ class TrainingMethod:
         explainer: str | None = None,
         explainer_params: Mapping[str, Any] | None = None,
         generator: torch.Generator | None = None,
+        views: Inputs | None = None,
     ) -> dict[str, Explanation]:
         """The explanation of whole inputs per modality (relevance, logits, the explaining
-        forward's embedding).
+        forward's embedding); `views`: the inputs' views, when computed already.
 
         Each branch is explained on its view, for class `target` (default: the model's predicted
         class, fused over the branches). `explainer` (default: this method's own) with
@@ -141,13 +142,14 @@ class TrainingMethod:
             explainer_params = (
                 self.explainer_kwargs if explainer is None else explainer_kwargs(name, self.cfg)
             )
+        views = self.view(inputs) if views is None else views
         if target is None and len(inputs) > 1:
             with torch.no_grad():
-                target = self.forward(model, self.view(inputs))[0].argmax(1)
+                target = self.forward(model, views)[0].argmax(1)
         return {
             m: self.modalities[m].explain(
-                model.branch(m), self.modalities[m].view(x), name,
+                model.branch(m), views[m], name,
                 target=target, generator=generator, **dict(explainer_params),
             )
-            for m, x in inputs.items()
+            for m in inputs
         }  # fmt: skip

@@ -32,7 +32,8 @@ from harness.models.base import Pruned
 
 Box = tuple[float, float, float, float]  # (top, left, bottom, right), bottom/right exclusive
 PixelBox = tuple[int, int, int, int]
-CropPolicy = Callable[..., Tensor]  # (clips, relevance, size, *, threshold, margin) -> [B,T,C,S,S]
+# (clips, relevance, size, *, threshold, margin[, keep][, view]) -> [B, T, C, S, S] (or Pruned)
+CropPolicy = Callable[..., Tensor | Pruned]
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -140,29 +141,38 @@ def box_crop(
     return torch.stack(crops)
 
 
+def _viewed(clips: Tensor, size: int, view: Tensor | None) -> Tensor:
+    """``downsample(clips, size)``, or ``view`` when the caller has it already (ET's prediction:
+    the view it explained)."""
+    return downsample(clips, size) if view is None else view
+
+
 def mask_salient(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``downsample(clips) * nearest_upsample(salient)``: non-salient cells set to 0 (no margin)."""
     keep = salient_cells(relevance.mean(1), threshold)[:, None].to(clips.dtype)  # [B, 1, h, w]
     keep = F.interpolate(keep, size=(size, size), mode="nearest")  # [B, 1, S, S]
-    return downsample(clips, size) * keep[:, None]
+    return _viewed(clips, size, view) * keep[:, None]
 
 
 def soft_weight(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``downsample(clips) * bilinear_upsample(r / max_clip r)`` per frame (soft weighting)."""
     weight = normalise(relevance.to(clips.dtype), (1, 2, 3))  # [B, T, h, w], T as channels
     weight = F.interpolate(weight, size=(size, size), mode="bilinear", align_corners=False)
-    return downsample(clips, size) * weight[:, :, None]
+    return _viewed(clips, size, view) * weight[:, :, None]
 
 
 def no_crop(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """The full frames, area-downsampled: ``downsample(clips, size)``."""
-    return downsample(clips, size)
+    return _viewed(clips, size, view)
 
 
 def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
@@ -178,11 +188,11 @@ def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | Non
 
 def prune_tokens(
     clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
-    keep: float = 0.5,
+    keep: float = 0.5, view: Tensor | None = None,
 ) -> Pruned:  # fmt: skip
     """The whole clip downsampled, to be run on its `top_patches` only (the same in every frame):
     attention and MLP costs fall with the kept share ``keep``; nothing is resized or zeroed."""
-    return Pruned(downsample(clips, size), top_patches(relevance, keep).to(clips.device))
+    return Pruned(_viewed(clips, size, view), top_patches(relevance, keep).to(clips.device))
 
 
 CROP_POLICIES: dict[str, CropPolicy] = {

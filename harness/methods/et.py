@@ -81,15 +81,19 @@ class ET(TrainingMethod):
         # epoch then skips its explaining pass): see the module docstring
         self.step_refresh = False
 
-    def restrict(self, inputs: Inputs, relevance: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Each input restricted to its relevance by its policy: the model's inputs."""
+    def restrict(
+        self, inputs: Inputs, relevance: dict[str, Tensor], views: Inputs | None = None
+    ) -> dict[str, Tensor]:
+        """Each input restricted to its relevance by its policy: the model's inputs (`views`:
+        the inputs' views when computed already, for the policies that start from the view)."""
         options = {
             "threshold": float(self.cfg.get("threshold", 0.5)),
             "margin": float(self.cfg.get("margin", 0.1)),
             "keep": float(self.cfg.get("keep", 0.5)),
         }
+        given = {m: {"view": views[m]} for m in inputs} if views else {m: {} for m in inputs}
         return {
-            m: self.modalities[m].restrict(x, relevance[m], self.policies[m], **options)
+            m: self.modalities[m].restrict(x, relevance[m], self.policies[m], **options, **given[m])
             for m, x in inputs.items()
         }
 
@@ -155,8 +159,10 @@ class ET(TrainingMethod):
     def predict(self, model: nn.Module, inputs: Inputs) -> Tensor:
         if not (self.active and self.explain_at_test):
             return super().predict(model, inputs)
-        explanations = self.explanations(model, inputs)
-        restricted = self.restrict(inputs, {m: e.relevance for m, e in explanations.items()})
+        views = self.view(inputs)
+        explanations = self.explanations(model, inputs, views=views)
+        relevance = {m: e.relevance for m, e in explanations.items()}
+        restricted = self.restrict(inputs, relevance, views)
         for m, x in restricted.items():  # a pruned forward starts from the explaining one's tokens
             if isinstance(x, Pruned):
                 restricted[m] = replace(x, tokens=explanations[m].embedded)
