@@ -124,15 +124,19 @@ def test_none_is_area_downsample_and_zero_relevance_falls_back() -> None:
 @pytest.mark.parametrize("name", list(CROP_POLICIES))
 def test_output_shapes(name: str) -> None:
     out = get_crop_policy(name)(torch.rand(3, 4, 3, 48, 64), torch.rand(3, 4, 3, 4), 32)
+    if name == "prune":  # the whole view, and the 6 of 12 patches the model runs on
+        assert out.keep.shape == (3, 6) and out.keep.dtype == torch.int64
+        out = out.view
     assert out.shape == (3, 4, 3, 32, 32)
     assert out.dtype == torch.float32
 
 
 def test_policy_names_and_unknown_policy() -> None:
-    assert list(CROP_POLICIES) == ["largest_region", "union_box", "mask", "soft", "none"]
+    names = ["largest_region", "union_box", "mask", "soft", "none", "prune"]
+    assert list(CROP_POLICIES) == names
     with pytest.raises(
         ValueError,
         match="unknown crop policy 'x'; expected one of: largest_region, union_box, mask, soft, "
-        "none",
+        "none, prune",
     ):
         get_crop_policy("x")

@@ -31,6 +31,7 @@ class Explanation:
     relevance: Tensor  # [B, *model.grid] per input region, detached
     logits: Tensor  # [B, num_classes], detached
     target: Tensor  # [B] the class that was explained
+    embedded: Tensor | None = None  # the explained forward's embedding (`output.embedded`)
 
 
 def check_explainer(model: nn.Module, name: str) -> None:
@@ -61,18 +62,36 @@ def explain_input(
     seeds `random`.
     """
     check_explainer(model, explainer)
+    with torch.enable_grad() if explainer in NEEDS_GRADIENTS else torch.no_grad():
+        out = model(x, capture=True)
+        return explain_output(model, out, explainer, target=target, generator=generator, **params)
+
+
+def explain_output(
+    model: nn.Module,
+    out: object,
+    explainer: str,
+    *,
+    target: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **params: object,
+) -> Explanation:
+    """`explain_input` on a forward already run: `out = model(x, capture=True)` (with its graph,
+    for the gradient explainers). ET refreshes its explanations this way from the training
+    forward's captured attentions, at no extra forward."""
+    check_explainer(model, explainer)
     adapter = model.adapter
     needs_grad = explainer in NEEDS_GRADIENTS
     with torch.enable_grad() if needs_grad else torch.no_grad():
-        out = model(x, capture=True)
         logits = out.logits
+        device = logits.device
         if target is None:
             target = logits.argmax(-1)
         score = logits.gather(1, target[:, None]).sum() if needs_grad else None
-        tokens = adapter.input_tokens(model, x.device)  # None: every token is an input region
+        tokens = adapter.input_tokens(model, device)  # None: every token is an input region
         if explainer == "random":  # one value per token, mapped to the regions it covers
             count = math.prod(model.grid) if tokens is None else len(tokens)
-            relevance = random_relevance((len(x), count), generator).to(x.device)
+            relevance = random_relevance((len(logits), count), generator).to(device)
             relevance = adapter.to_regions(model, relevance)
         elif explainer in ATTENTION_EXPLAINERS:
             steps, gradients = adapter.attention_steps(out, explainer, score)
@@ -92,7 +111,9 @@ def explain_input(
             else:
                 cam = fn(features, **params)
             relevance = adapter.to_regions(model, cam)
-    return Explanation(relevance.detach(), logits.detach(), target.detach())
+    embedded = getattr(out, "embedded", None)
+    embedded = None if embedded is None else embedded.detach()
+    return Explanation(relevance.detach(), logits.detach(), target.detach(), embedded)
 
 
 def explain(

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.data import Batch
+from harness.explain import Explanation
 from harness.methods.modality import Modality, views
+from harness.models.base import run_branch
 
 # explainer -> the method-config keys it takes
 EXPLAINER_PARAMS: dict[str, tuple[str, ...]] = {
@@ -68,7 +70,7 @@ class TrainingMethod:
         self, model: nn.Module, inputs: Inputs, capture: bool = False
     ) -> tuple[Tensor, dict[str, Any]]:
         """Fused logits and each branch's output on model inputs (views or restricted inputs)."""
-        outputs = {m: model.branch(m)(x, capture=capture) for m, x in inputs.items()}
+        outputs = {m: run_branch(model.branch(m), x, capture) for m, x in inputs.items()}
         return model.fuse({m: out.logits for m, out in outputs.items()}), outputs
 
     def objective(self, logits: Tensor, outputs: Mapping[str, Any], labels: Tensor) -> Tensor:
@@ -108,7 +110,27 @@ class TrainingMethod:
         explainer_params: Mapping[str, Any] | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Relevance of whole inputs per modality (video [B, T, h, w], signal [B, n]).
+        """Relevance of whole inputs per modality (video [B, T, h, w], signal [B, n]): the
+        `relevance` of `explanations`."""
+        found = self.explanations(
+            model, inputs, target, explainer=explainer, explainer_params=explainer_params,
+            generator=generator,
+        )  # fmt: skip
+        return {m: e.relevance.to(inputs[m].device) for m, e in found.items()}
+
+    def explanations(
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        target: Tensor | None = None,
+        *,
+        explainer: str | None = None,
+        explainer_params: Mapping[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+        views: Inputs | None = None,
+    ) -> dict[str, Explanation]:
+        """The explanation of whole inputs per modality (relevance, logits, the explaining
+        forward's embedding); `views`: the inputs' views, when computed already.
 
         Each branch is explained on its view, for class `target` (default: the model's predicted
         class, fused over the branches). `explainer` (default: this method's own) with
@@ -120,13 +142,14 @@ class TrainingMethod:
             explainer_params = (
                 self.explainer_kwargs if explainer is None else explainer_kwargs(name, self.cfg)
             )
+        views = self.view(inputs) if views is None else views
         if target is None and len(inputs) > 1:
             with torch.no_grad():
-                target = self.forward(model, self.view(inputs))[0].argmax(1)
+                target = self.forward(model, views)[0].argmax(1)
         return {
             m: self.modalities[m].explain(
-                model.branch(m), self.modalities[m].view(x), name,
+                model.branch(m), views[m], name,
                 target=target, generator=generator, **dict(explainer_params),
-            ).to(x.device)
-            for m, x in inputs.items()
+            )
+            for m in inputs
         }  # fmt: skip

@@ -2,7 +2,9 @@
 
 ET (Ayyar et al., "Explain to Train") crops the input frames dynamically to "retain the salient
 region with highest area". Every policy maps full-resolution clips ``[B, T, C, H, W]`` and a
-non-negative patch-grid relevance ``[B, T, h, w]`` to model inputs ``[B, T, C, S, S]``.
+non-negative patch-grid relevance ``[B, T, h, w]`` to model inputs ``[B, T, C, S, S]``, except
+``prune``, which keeps the clip whole and gives the model the top ``keep`` share of its patches
+to run on (a `Pruned` input: the model drops the other tokens, harness/models/base.py).
 
 Common steps, with ``r`` the relevance:
     m = mean_t r[:, t]                      spatial map per clip   [B, h, w]
@@ -26,9 +28,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from harness.models.base import Pruned
+
 Box = tuple[float, float, float, float]  # (top, left, bottom, right), bottom/right exclusive
 PixelBox = tuple[int, int, int, int]
-CropPolicy = Callable[..., Tensor]  # (clips, relevance, size, *, threshold, margin) -> [B,T,C,S,S]
+# (clips, relevance, size, *, threshold, margin[, keep][, view]) -> [B, T, C, S, S] (or Pruned)
+CropPolicy = Callable[..., Tensor | Pruned]
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -136,29 +141,58 @@ def box_crop(
     return torch.stack(crops)
 
 
+def _viewed(clips: Tensor, size: int, view: Tensor | None) -> Tensor:
+    """``downsample(clips, size)``, or ``view`` when the caller has it already (ET's prediction:
+    the view it explained)."""
+    return downsample(clips, size) if view is None else view
+
+
 def mask_salient(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``downsample(clips) * nearest_upsample(salient)``: non-salient cells set to 0 (no margin)."""
     keep = salient_cells(relevance.mean(1), threshold)[:, None].to(clips.dtype)  # [B, 1, h, w]
     keep = F.interpolate(keep, size=(size, size), mode="nearest")  # [B, 1, S, S]
-    return downsample(clips, size) * keep[:, None]
+    return _viewed(clips, size, view) * keep[:, None]
 
 
 def soft_weight(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``downsample(clips) * bilinear_upsample(r / max_clip r)`` per frame (soft weighting)."""
     weight = normalise(relevance.to(clips.dtype), (1, 2, 3))  # [B, T, h, w], T as channels
     weight = F.interpolate(weight, size=(size, size), mode="bilinear", align_corners=False)
-    return downsample(clips, size) * weight[:, :, None]
+    return _viewed(clips, size, view) * weight[:, :, None]
 
 
 def no_crop(
-    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1
-) -> Tensor:
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    view: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """The full frames, area-downsampled: ``downsample(clips, size)``."""
-    return downsample(clips, size)
+    return _viewed(clips, size, view)
+
+
+def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
+    """int64 [B, k], ascending: each clip's ``k = max(1, round(keep * h * w))`` spatial patches of
+    highest ``mean_t r[:, t]`` (p = row * w + col), ties in the seeded random order of the
+    occlusion test (`tie_order`: never by position)."""
+    from harness.evaluate.occlusion import tie_order  # evaluate imports the methods
+
+    scores = relevance.detach().float().mean(1).flatten(1)  # [B, P]
+    count = max(1, round(keep * scores.shape[1]))
+    return tie_order(scores, generator)[:, :count].sort(1).values
+
+
+def prune_tokens(
+    clips: Tensor, relevance: Tensor, size: int, *, threshold: float = 0.5, margin: float = 0.1,
+    keep: float = 0.5, view: Tensor | None = None,
+) -> Pruned:  # fmt: skip
+    """The whole clip downsampled, to be run on its `top_patches` only (the same in every frame):
+    attention and MLP costs fall with the kept share ``keep``; nothing is resized or zeroed."""
+    return Pruned(_viewed(clips, size, view), top_patches(relevance, keep).to(clips.device))
 
 
 CROP_POLICIES: dict[str, CropPolicy] = {
@@ -167,6 +201,7 @@ CROP_POLICIES: dict[str, CropPolicy] = {
     "mask": mask_salient,
     "soft": soft_weight,
     "none": no_crop,
+    "prune": prune_tokens,
 }
 
 

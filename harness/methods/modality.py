@@ -11,13 +11,14 @@ loop over a model's modalities; nothing in them is specific to one input or one 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from harness.explain import explain_input
+from harness.explain import Explanation, explain_input
 from harness.methods.crop import CROP_POLICIES, downsample
 from harness.methods.window import WINDOW_POLICIES
 from harness.models.base import AttentionPairs
@@ -33,7 +34,7 @@ class Modality(Protocol):
     def explain(
         self, branch: nn.Module, view: Tensor, explainer: str, target: Tensor | None = None,
         generator: torch.Generator | None = None, **params: Any,
-    ) -> Tensor: ...  # fmt: skip
+    ) -> Explanation: ...  # fmt: skip
     def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor: ...
     def attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs: ...
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor: ...
@@ -46,10 +47,10 @@ class _Input:
     def __init__(self, branch: nn.Module) -> None:
         self.adapter = branch.adapter
 
-    def explain(self, branch, view, explainer, target=None, generator=None, **params) -> Tensor:
-        return explain_input(
-            branch, view, explainer, target=target, generator=generator, **params
-        ).relevance
+    def explain(
+        self, branch, view, explainer, target=None, generator=None, **params
+    ) -> Explanation:
+        return explain_input(branch, view, explainer, target=target, generator=generator, **params)
 
     def attention(self, output, score: Tensor, class_rows: bool) -> AttentionPairs:
         return self.adapter.supervised_attention(output, score, class_rows)
@@ -74,7 +75,8 @@ class VideoInput(_Input):
         return downsample(x, self.size)
 
     def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
-        return self.policies[policy](x, relevance, self.size, **kwargs)
+        fn = self.policies[policy]
+        return fn(x, relevance, self.size, **accepted(fn, kwargs))
 
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
         from harness.evaluate.occlusion import apply_occlusion  # evaluate imports the methods
@@ -105,12 +107,19 @@ class SignalInput(_Input):
         return x
 
     def restrict(self, x: Tensor, relevance: Tensor, policy: str, **kwargs: float) -> Tensor:
-        return self.policies[policy](x, relevance, **kwargs)
+        fn = self.policies[policy]
+        return fn(x, relevance, **accepted(fn, kwargs))
 
     def occlude(self, x: Tensor, mask: Tensor, value: str) -> Tensor:
         from harness.evaluate.occlusion import apply_signal_occlusion
 
         return apply_signal_occlusion(x, mask.reshape(len(x), -1), value)
+
+
+def accepted(policy: Callable[..., Tensor], options: Mapping[str, float]) -> dict[str, float]:
+    """The options a policy takes (ET passes every policy option; `keep` is prune's alone)."""
+    names = inspect.signature(policy).parameters
+    return {key: value for key, value in options.items() if key in names}
 
 
 _ADAPTERS: dict[str, type] = {"video": VideoInput, "signal": SignalInput}

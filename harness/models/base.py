@@ -16,7 +16,9 @@ architecture is described to the harness:
   input region ([B, T, h, w] per frame and patch for clips, [B, n] per time patch for signals:
   `model.grid`), what ET's restriction, the occlusion test and the galleries read;
 * `supervised_attention`: the attentions IFI supervises and their gradients;
-* capabilities later issues need (token pruning) are declared here too.
+* `prunes` / `pruning`: whether the model runs on a subset of its input tokens (ET's `prune`
+  policy: `forward(x, keep=...)`, see `Pruned`) and how, or why it cannot (a model that cannot
+  refuses the policy at config time, harness/config.py).
 
 The module itself keeps `modalities`, `branch` and `fuse` (`SingleInput` for one input) and a
 `forward(x, capture=False)` whose captured output carries `logits`, the attention the adapter reads
@@ -26,6 +28,7 @@ and `features`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +48,10 @@ class Adapter:
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]]
     explainers: ClassVar[tuple[str, ...]] = EXPLAINERS
+    # Token pruning: `prunes` True when `forward(x, keep=...)` runs on the kept input tokens only;
+    # `pruning` says how it prunes (or why it cannot), for the docs and the config error.
+    prunes: ClassVar[bool] = False
+    pruning: ClassVar[str] = "it has no pruned forward"
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         raise NotImplementedError
@@ -79,6 +86,29 @@ class Adapter:
 
     def supervised_attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs:
         raise NotImplementedError
+
+@dataclass
+class Pruned:
+    """A model input restricted to some of its tokens (ET's `prune` policy): the branch runs as
+    `branch(view, keep=keep, tokens=tokens)`.
+
+    view: what the model would see of the whole input (clips [B, T, 3, S, S]);
+    keep: int64 [B, k], ascending: the kept input regions of each sample (for clips the spatial
+    patches p = row * w + col, the same in every frame);
+    tokens: the embedding of `view` from an earlier forward of the same model (the explaining
+    forward's `embedded`), reused instead of embedding the view again; None: embed it."""
+
+    view: Tensor
+    keep: Tensor
+    tokens: Tensor | None = None
+
+
+def run_branch(branch: nn.Module, x: Tensor | Pruned, capture: bool = False) -> Any:
+    """`branch(x, capture=...)`, or its pruned forward for a `Pruned` input."""
+    if isinstance(x, Pruned):
+        return branch(x.view, capture=capture, keep=x.keep, tokens=x.tokens)
+    return branch(x, capture=capture)
+
 
 # gate(i, A) -> A': re-weights the i-th attention map of a forward pass (first layer first, in the
 # order the model captures its maps) before it mixes the values; same shape, heads on dim -3.

@@ -79,6 +79,7 @@ class PoolTOutput:
     logits: Tensor  # [B, num_classes]
     attention: PoolTAttention | None = None
     features: Tensor | None = None  # tokens entering the last spatial block [B*T, 1+P, C]
+    embedded: Tensor | None = None  # the embedding output [B*T, 1+P, C] (before pruning)
 
 
 class ImportancePooling(nn.Module):
@@ -143,11 +144,31 @@ class PoolTClassifier(SingleInput, nn.Module):
         for p in (self.cls_token, self.pos_embed, self.time_embed):
             nn.init.trunc_normal_(p, std=0.02)
 
-    def forward(self, clips: Tensor, *, capture: bool = False) -> PoolTOutput:
-        check_clip_shape(clips, self.num_frames, self.image_size)
-        B, T, _, S, _ = clips.shape
-        x = self.patch_embed(normalise_clips(clips).flatten(0, 1)).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+    def forward(
+        self,
+        clips: Tensor,
+        *,
+        capture: bool = False,
+        keep: Tensor | None = None,
+        tokens: Tensor | None = None,
+    ) -> PoolTOutput:
+        """Logits (and with `capture` the attentions and CAM features) of clips.
+
+        `keep` (int64 [B, k], ascending; ET's `prune` policy): the spatial patches kept in every
+        frame; each frame's class token and kept patch tokens (position embeddings added) are all
+        the spatial blocks see, so the frame tokens read the kept patches only. `tokens`: this
+        clip's embedding from an earlier forward (`PoolTOutput.embedded`) instead of `clips`.
+        """
+        if tokens is None:
+            check_clip_shape(clips, self.num_frames, self.image_size)
+            x = self.patch_embed(normalise_clips(clips).flatten(0, 1)).flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        T = self.num_frames
+        B = len(tokens) // T
+        x = tokens
+        if keep is not None:  # the frame token and the kept patches of every frame
+            index = torch.cat([keep.new_zeros(B, 1), keep + 1], 1).repeat_interleave(T, 0)
+            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
         with capturing(self, capture) as kept, gating(self):
             for block in self.spatial:
                 features = x
@@ -160,12 +181,14 @@ class PoolTClassifier(SingleInput, nn.Module):
         if not capture:
             return PoolTOutput(logits)
         attention = PoolTAttention([*kept, weights], T, len(self.spatial))
-        return PoolTOutput(logits, attention, features)
+        return PoolTOutput(logits, attention, features, tokens)
 
 
 class PoolTAdapter(Adapter):
     name = "pool_t"
     inputs = ("video",)
+    prunes = True
+    pruning = "the same spatial patches in every frame (the spatial blocks; frame tokens kept)"
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         return PoolTClassifier(num_classes, **cfg)

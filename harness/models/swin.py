@@ -266,6 +266,7 @@ class VideoSwinClassifier(SingleInput, nn.Module):
 class VideoSwinAdapter(Adapter):
     name = "video_swin_t"
     inputs = ("video",)
+    pruning = "its shifted 3D windows and 2 x 2 patch merging need every token of the grid"
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         pretrained = cfg.pop("pretrained", None)

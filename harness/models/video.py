@@ -22,6 +22,8 @@ through a forward hook on its `attn_drop` (the output replaces them before they 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,7 @@ class VideoOutput:
     # feature map. Not the last block's output: only its class token reaches the classifier, so
     # the gradient on its patch tokens is zero (pytorch-grad-cam targets blocks[-1].norm1 too).
     features: torch.Tensor | None = None
+    embedded: torch.Tensor | None = None  # the embedding output [B, 1 + P*T, C] (before pruning)
 
 
 class TimeSformerClassifier(SingleInput, nn.Module):
@@ -156,28 +159,79 @@ class TimeSformerClassifier(SingleInput, nn.Module):
         if self._captured is not None:
             self._captured.append(output[1])
 
-    def forward(self, clips: torch.Tensor, *, capture: bool = False) -> VideoOutput:
-        check_clip_shape(clips, self.num_frames, self.image_size)
-        pixels = (clips - self.mean) / self.std
+    def forward(
+        self,
+        clips: torch.Tensor,
+        *,
+        capture: bool = False,
+        keep: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+    ) -> VideoOutput:
+        """Logits (and with `capture` both attentions and the CAM features) of clips.
+
+        `keep` (int64 [B, k], ascending; ET's `prune` policy): the spatial patches the model runs
+        on, the same k in every frame. The embedded tokens of the other patches (their position
+        and time embeddings added, as in the full forward) are dropped before the first block, so
+        every temporal attention runs over the k kept patches' T frames, every spatial attention
+        over the class token and the k kept patches of a frame, every MLP over 1 + k*T tokens,
+        and the class token reads the kept patches only. `tokens`: this clip's embedding from an
+        earlier forward (`VideoOutput.embedded`), used instead of embedding `clips` again.
+        """
         self._gated = 0
-        if not capture:
-            return VideoOutput(logits=self.model(pixel_values=pixels).logits)
-        self._captured = []
+        if tokens is None:
+            check_clip_shape(clips, self.num_frames, self.image_size)
+            tokens = self.model.timesformer.embeddings((clips - self.mean) / self.std)
+        embedded, grid = tokens, self.grid
+        if keep is not None:
+            tokens = keep_patches(tokens, keep, self.num_frames)
+            grid = (self.num_frames, 1, keep.shape[1])
+        self._captured = [] if capture else None
         try:
-            out = self.model(pixel_values=pixels, output_hidden_states=True)
+            with patches_per_frame(self.model.config, grid[1] * grid[2]):
+                out = self.model.timesformer.encoder(tokens, output_hidden_states=capture)
             probs = self._captured
         finally:
             self._captured = None
+        sequence = self.model.timesformer.layernorm(out.last_hidden_state)
+        logits = self.model.classifier(sequence[:, 0])
+        if not capture:
+            return VideoOutput(logits=logits)
         return VideoOutput(
-            logits=out.logits,
-            attention=DividedAttention(probs, self.grid),
+            logits=logits,
+            attention=DividedAttention(probs, grid),
             features=out.hidden_states[-2],
+            embedded=embedded,
         )
+
+
+def keep_patches(tokens: torch.Tensor, keep: torch.Tensor, frames: int) -> torch.Tensor:
+    """TimeSformer tokens [B, 1 + P*T, C] (class first, patch-major) -> [B, 1 + k*T, C]: the class
+    token and every frame's token of the patches `keep` [B, k], in their order."""
+    B, _, C = tokens.shape
+    patches = tokens[:, 1:].unflatten(1, (-1, frames))  # [B, P, T, C]
+    kept = patches.gather(1, keep[:, :, None, None].expand(-1, -1, frames, C))
+    return torch.cat([tokens[:, :1], kept.flatten(1, 2)], 1)
+
+
+@contextmanager
+def patches_per_frame(config: TimesformerConfig, count: int) -> Iterator[None]:
+    """transformers' TimesformerLayer reads the patches per frame from the config, as
+    (image_size // patch_size) per row; within this block a frame has `count` patches (one row of
+    `count`: the blocks only flatten the patch grid, so one row reshapes as any other grid)."""
+    size = config.image_size
+    if count != (size // config.patch_size) ** 2:
+        config.image_size = count * config.patch_size
+    try:
+        yield
+    finally:
+        config.image_size = size
 
 
 class TimeSformerAdapter(Adapter):
     name = "timesformer"
     inputs = ("video",)
+    prunes = True
+    pruning = "the same spatial patches in every frame (both divided attentions, every MLP)"
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         return TimeSformerClassifier.from_config(num_classes, **cfg)
