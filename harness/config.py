@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from harness.methods.et import prune_refusal
 from harness.methods.ifi import VARIANTS as IFI_VARIANTS
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import ARCHITECTURES, adapter_of
-from harness.search_space import check_space
+from harness.search_space import Parameter, check_space
 from harness.train import PRECISIONS
 
 TRIAL_SECTIONS = ("data", "model", "method", "train", "evaluation")
@@ -44,6 +45,12 @@ _HEADS = re.compile(r"^(all|nonempty|top[1-9][0-9]*)$")
 class ConfigError(ValueError):
     """A config value is missing or wrong; the message names the source, the key and the
     expectation."""
+
+
+class Unsupported(ConfigError):
+    """A valid value the model cannot serve (an explainer it does not list, `prune` on a model that
+    cannot prune): fixed in a config, an error; a choice of a search, left out of that model's
+    space (`search_params`)."""
 
 
 def experiments() -> list[str]:
@@ -183,7 +190,7 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
     for key, explainer in (("evaluation.explainer", evaluation.get("explainer")),
                            ("method.explainer", method.get("explainer"))):  # fmt: skip
         if explainer in EXPLAINERS and explainer not in supported:
-            raise ConfigError(
+            raise Unsupported(
                 f"{source}: {key}: model {model['name']} does not support explainer "
                 f"{explainer!r}; it supports: {', '.join(supported)}"
             )
@@ -214,7 +221,7 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
             video = model if adapter.inputs == ("video",) else model.get("video", {})
             reader = adapter_of(video)
             if not reader.prunes:
-                raise ConfigError(f"{source}: {prune_refusal(reader.name, reader.pruning)}")
+                raise Unsupported(f"{source}: {prune_refusal(reader.name, reader.pruning)}")
         need(int(method.get("refresh_every", 0)) >= 1, "method.refresh_every", "an integer >= 1")
         need(0 <= float(method.get("warmup_fraction", 0)) < 1, "method.warmup_fraction",
              "a fraction in [0, 1)")  # fmt: skip
@@ -318,22 +325,53 @@ def validate_study(cfg: DictConfig) -> None:
     if cfg.study.get("models") is not None and not isinstance(cfg.study.models, ListConfig):
         raise ConfigError(f"study.models: expected a list of models, got {cfg.study.models!r}")
     for model, name in study_runs(cfg):  # (an unknown model name fails in `compose`)
-        base = trial_config(cfg, name, model)
-        on = f" (model {model})" if model else ""
-        validate_trial_config(base, source=f"methods.{name}{on}")
-        where = f"space.{name}"
+        search_params(cfg, name, model)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: list[Parameter]
+    left_out: list[str]  # why each choice the model cannot serve is not searched
+
+
+def search_params(cfg: DictConfig, method: str, model: str | None = None) -> SearchSpace:
+    """The parameters `method`'s search samples on `model` (default the experiment's model):
+    `space.<method>`, checked against the trial config (every key a trial-config key, every choice
+    and bound a valid value), with the categorical choices the model cannot serve (`Unsupported`:
+    `prune` on Video Swin-T, an explainer it does not list) left out and named in `left_out`. A
+    parameter left with no choice is an error."""
+    base = trial_config(cfg, method, model)
+    on = f" (model {model})" if model else ""
+    validate_trial_config(base, source=f"methods.{method}{on}")
+    where = f"space.{method}"
+    try:
+        params = check_space(OmegaConf.to_container(cfg.space[method], resolve=True), where)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    kept, left_out = [], []
+    for param in params:
         try:
-            params = check_space(OmegaConf.to_container(cfg.space[name], resolve=True), where)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        for param in params:
+            _get(base, param.path)
+        except KeyError:
+            raise ConfigError(
+                f"{where}.{param.path}: not a key of the {method} trial config"
+            ) from None
+        served, refused = [], []
+        for value in param.candidates:
+            candidate = copy.deepcopy(base)
+            _set(candidate, param.path, value)
             try:
-                _get(base, param.path)
-            except KeyError:
-                raise ConfigError(
-                    f"{where}.{param.path}: not a key of the {name} trial config"
-                ) from None
-            for value in param.candidates:
-                candidate = copy.deepcopy(base)
-                _set(candidate, param.path, value)
-                validate_trial_config(candidate, source=f"{where}.{param.path} = {value!r}")
+                validate_trial_config(candidate, source=f"{where}.{param.path} = {value!r}{on}")
+                served.append(value)
+            except Unsupported as error:
+                if param.spec["type"] != "categorical":
+                    raise
+                refused.append(str(error))
+        if not served:
+            raise ConfigError(f"{where}.{param.path}: no choice the model can serve: "
+                              + "; ".join(refused))  # fmt: skip
+        if refused:
+            param = Parameter(param.path, {**param.spec, "choices": served})
+        kept.append(param)
+        left_out += refused
+    return SearchSpace(kept, left_out)

@@ -43,6 +43,7 @@ from harness.config import (
     experiments,
     resolve_paths,
     run_name,
+    search_params,
     study_runs,
     trial_config,
     validate_study,
@@ -53,7 +54,7 @@ from harness.models import model_inputs
 from harness.overrides import check_overrides
 from harness.preflight import check_before_start
 from harness.resources import trial_resources
-from harness.search_space import check_space, define_by_run
+from harness.search_space import define_by_run
 from harness.study_state import StudyState
 from harness.train import VALIDATION_FAITHFULNESS
 
@@ -295,8 +296,9 @@ class _Engine:
         than NSGA-II, whose first generation (50 trials by default) would be random sampling at
         the budgets a study affords."""
         cfg = self.cfg
-        space = OmegaConf.to_container(cfg.space[method], resolve=True)
-        params = check_space(space, f"space.{method}")
+        space = search_params(cfg, method, model)
+        for why in space.left_out:  # choices this model cannot serve are not searched on it
+            print(f"{run_name(model, method)}: left out of the search: {why}", flush=True)
         metrics, modes = _objectives(cfg.sweep)
         name, tags = run_name(model, method), {"stage": "search", "method": method}
         if model is not None:
@@ -309,7 +311,7 @@ class _Engine:
 
             searcher = _OptunaSearch(
                 epochs=int(cfg.train.epochs),
-                space=define_by_run(params),
+                space=define_by_run(space.params),
                 metric=metrics if pareto else metrics[0],
                 mode=modes if pareto else modes[0],
                 sampler=optuna.samplers.TPESampler(
@@ -334,7 +336,7 @@ class _Engine:
             f"search-{name}", self.trainable, trial_config(cfg, method, model), tags,
             int(cfg.sweep.num_samples), tune_config,
         )  # fmt: skip
-        return grid, params
+        return grid, space.params
 
     def final(self, arms: dict[str, dict[str, Any]]):
         """Each arm's configuration (`final_arms`) re-trained on the final seeds (`final_seeds`),

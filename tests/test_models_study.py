@@ -25,8 +25,6 @@ def study(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
          f"study.models=[{','.join(MODELS)}]", "sweep.num_samples=1",
-         # Video Swin cannot prune (ET's prune policy is refused at config time): a shared space
-         "space.et.method.crop_policy.choices=[largest_region,union_box,mask,soft]",
          "data.synthetic.train_per_class=4", "data.synthetic.val_per_class=2",
          "data.synthetic.test_per_class=2", "evaluation.occlusion_levels=[0.0,0.5]",
          "evaluation.gallery_clips=1", f"study.output_dir={out}",

@@ -6,7 +6,7 @@ time; ET's free refresh from the whole-view training forward and its prediction 
 import pytest
 import torch
 
-from harness.config import ConfigError, compose, validate_study
+from harness.config import ConfigError, compose, search_params, validate_study
 from harness.data import Batch
 from harness.evaluate.occlusion import tie_order
 from harness.explain import explain_input
@@ -101,10 +101,23 @@ def test_a_model_that_cannot_prune_is_refused_at_config_time():
     message = r"methods\.et: method\.crop_policy: model video_swin_t cannot prune tokens \(its"
     with pytest.raises(ConfigError, match=message):
         validate_study(compose("birds_video", overrides))
-    # the default search space tries prune: a study on Video Swin must leave it out
-    refused = r"space\.et\.method\.crop_policy = 'prune'.*video_swin_t"
-    with pytest.raises(ConfigError, match=refused):
-        validate_study(compose("birds_video", ["model=video_swin_t"]))
+    # the default search space tries prune: a search on Video Swin leaves it out, and says why
+    searched = search_params(compose("birds_video", ["model=video_swin_t"]), "et")
+    (policy,) = [p for p in searched.params if p.path == "method.crop_policy"]
+    assert policy.candidates == ["largest_region", "union_box", "mask", "soft"]
+    (why,) = searched.left_out
+    assert why.startswith("space.et.method.crop_policy = 'prune'") and "video_swin_t" in why
+    on_pool_t = search_params(compose("birds_video", ["model=pool_t"]), "et")
+    assert "prune" in next(p for p in on_pool_t.params if p.path == "method.crop_policy").candidates
+    assert on_pool_t.left_out == []
+    # in a models study each model's search has its own choices
+    models = compose("birds_video", ["study.models=[pool_t,video_swin_t]"])
+    assert [len(search_params(models, "et", m).left_out) for m in ("pool_t", "video_swin_t")] == [
+        0, 1
+    ]
+    only_prune = "space.et.method.crop_policy.choices=[prune]"
+    with pytest.raises(ConfigError, match=r"crop_policy: no choice the model can serve: .*prune"):
+        validate_study(compose("birds_video", ["model=video_swin_t", only_prune]))
     validate_study(compose("birds_video", ["model=video_swin_t", space]))
     validate_study(compose("birds_video", ["model=pool_t", "methods.et.crop_policy=prune"]))
     with pytest.raises(ConfigError, match=r"method\.keep: expected a share in \(0, 1\], got 0"):
