@@ -77,6 +77,20 @@ class StudyIncomplete(RuntimeError):
 EXIT_INCOMPLETE = 3  # the exit code of a study that ended with a method lacking final results
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """The progress view (harness/progress.py) replaces the libraries' own lines: Ray Tune's
+    headers and INFO lines, Optuna's "study created", MLflow's store set-up; `ray.verbose` keeps
+    them. Warnings always show."""
+    # A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
+    # num_to_keep=1): that is what bounds the work a killed driver loses, not a problem to warn of.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its new engine prints headers whatever
+    for name in ("ray.tune", "optuna", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _init_ray(cfg: DictConfig) -> bool:
     """Join the Ray cluster at `ray.address` (or RAY_ADDRESS; "auto": the cluster started on this
     machine with `ray start`), or start a local Ray (`ray.num_cpus`, `ray.num_gpus`; no dashboard).
@@ -84,13 +98,6 @@ def _init_ray(cfg: DictConfig) -> bool:
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    # A snapshot of Tune's experiment state follows every trial checkpoint (CheckpointConfig
-    # num_to_keep=1): that is what bounds the work a killed driver loses, not a problem to warn of.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not cfg.ray.verbose:  # the progress view (harness/progress.py) replaces Tune's output
-        # Tune's new output engine prints each experiment's header whatever its verbosity
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if not ray.is_initialized():
         # the trial workers' own log lines reach this terminal with ray.verbose only
         quiet = {"log_to_driver": bool(cfg.ray.verbose)}
@@ -513,6 +520,7 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     from trainables import TRAINABLES
 
     started = time.perf_counter()
+    _quiet_libraries(bool(cfg.ray.verbose))
     out = Path(cfg.study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # once, in the driver; trials memory-map it
