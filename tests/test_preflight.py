@@ -23,7 +23,7 @@ def _free_port() -> int:
         ("sweep.gpus_per_trial=3", r"sweep.gpus_per_trial=3: no Ray node has that much"),
         ("model.pretrained=/nonexistent/ckpt",
          r"model.pretrained: /nonexistent/ckpt: no such file or folder"),
-        (f"ray.address=127.0.0.1:{_free_port()}",
+        ("ray.address=127.0.0.1:{free_port}",  # a port nothing listens on, taken at run time
          r"ray.address: 127.0.0.1:\d+: no Ray cluster answers within ray.connect_timeout_s=2 s"),
     ],
 )  # fmt: skip
@@ -34,7 +34,8 @@ def test_a_study_that_could_not_run_is_refused_before_anything_starts(
 
     out, cache = tmp_path / "study", tmp_path / "cache"
     code = main(["birds_video", "sweep=smoke", f"study.output_dir={out}",
-                 f"data.cache_dir={cache}", "ray.connect_timeout_s=2", override])  # fmt: skip
+                 f"data.cache_dir={cache}", "ray.connect_timeout_s=2",
+                 override.format(free_port=_free_port())])  # fmt: skip
     assert code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and re.search(message, error), error
