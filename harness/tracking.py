@@ -26,7 +26,9 @@ Tune's experiment state does not hold (a driver killed after a trial started but
 recorded it; the resumed study runs that trial again under a new name) are deleted, so the store
 holds one run per trial. The driver queues a sync after every stage and at the end of the study,
 then waits up to `mlflow.flush_timeout_s` for the queue; after a longer outage run the command
-above once the server is back.
+above once the server is back. In the process that ran a stage its sync shares the live records'
+knowledge (`StageRuns.of`) and asks the store only about what those did not send: a run's status
+and artifacts, not every metric's history.
 """
 
 from __future__ import annotations
@@ -240,6 +242,20 @@ class StageRuns:
     carries it (e.g. the Ray node a trial ran on)."""
 
     RESULT_TAGS: ClassVar[dict[str, str]] = {"node_id": "ray.node_id"}  # the trial's Ray node
+    # (tracking URI, parent run, stage) -> the stage's runs as this process knows them
+    _known: ClassVar[dict[tuple[str, str | None, str], StageRuns]] = {}
+
+    @classmethod
+    def of(cls, state: StudyState, stage: str) -> StageRuns:
+        """The stage's runs as this process knows them: the live records (`TrialRuns`) and the
+        stage's reconciliation share one, so a sync after the stage looks up only what this
+        process did not send itself (it knows the runs it created and the steps it logged;
+        only the outbox thread uses it). A new process (a resumed study, `sync`) starts afresh
+        and looks everything up."""
+        key = (state.tracking_uri, state.parent_run_id, stage)
+        if key not in cls._known:
+            cls._known[key] = cls(state, stage)
+        return cls._known[key]
 
     def __init__(self, state: StudyState, stage: str) -> None:
         self.stage = stage
@@ -271,6 +287,10 @@ class StageRuns:
             token = page.token
             if not token:
                 return runs
+
+    def forget(self, trial: str) -> None:
+        """The trial's run was deleted: looked up (or created) again if it is ever needed."""
+        self._runs.pop(trial, None)
 
     def run_id(self, client: MlflowClient, trial: str) -> str:
         if trial not in self._runs:
@@ -380,7 +400,7 @@ class TrialRuns(Callback):
 
     def setup(self, **info: Any) -> None:
         state = StudyState.load(Path(self.study_dir))
-        self._runs = StageRuns(state, self.stage)
+        self._runs = StageRuns.of(state, self.stage)
         self._outbox = Outbox.to(state.tracking_uri)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -447,7 +467,8 @@ def read_stage(state: StudyState, stage: str) -> list[_TrialRecord] | None:
 def _sync_stage(
     client: MlflowClient, state: StudyState, stage: str, records: list[_TrialRecord]
 ) -> SyncCounts:
-    runs = StageRuns(state, stage)
+    runs = StageRuns.of(state, stage)
+    runs.counts = SyncCounts()  # what this sync sends
     for record in records:
         run = runs.start(client, record.name, record.config)
         runs.log(client, record.name, record.results)
@@ -461,6 +482,7 @@ def _sync_stage(
         for trial, run_id in runs.existing(client).items():
             if trial not in kept:
                 client.delete_run(run_id)
+                runs.forget(trial)
                 runs.counts.runs_deleted += 1
     return runs.counts
 
