@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlparse
 
 # Short HTTP timeouts and few retries: the outbox does the waiting (users may override these).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -58,6 +57,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 
+from harness.stores import artifact_location  # noqa: E402
 from harness.study_state import StudyState  # noqa: E402
 from harness.train import STATE_FILE  # noqa: E402
 
@@ -74,20 +74,6 @@ def start_study_run(state: StudyState) -> str:
     The store and the experiment are created here, in the driver, before any trial starts
     (parallel first-time creation of a SQLite store races)."""
     return _parent_run(MlflowClient(state.tracking_uri), state)
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """Where a new experiment's artifacts go: `mlartifacts/` beside a local store (a `sqlite:///`
-    database file or a `file:` folder), whatever folder the command was started from (MLflow's
-    own default is `./mlruns` of the working directory); None (the server decides) for a
-    tracking server."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        store = Path(unquote(parsed.path)[1:])  # sqlite:///rel.db, sqlite:////abs.db
-        return (store.resolve().parent / "mlartifacts").as_uri()
-    if parsed.scheme in ("", "file"):
-        return (Path(unquote(parsed.path)).resolve() / "mlartifacts").as_uri()
-    return None
 
 
 def _parent_run(client: MlflowClient, state: StudyState) -> str:
