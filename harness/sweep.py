@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -100,12 +101,14 @@ def _init_ray(cfg: DictConfig) -> bool:
 
 
 def _warm_up_store(tracking_uri: str) -> None:
-    """Import MLflow and open the tracking store (a new SQLite store creates its schema), to run
-    while Ray starts. Failures are left to the study's own first call, which reports them."""
+    """Import MLflow and open a local tracking store (a new SQLite store creates its schema), to
+    run while Ray starts; a tracking server is not called here (the pre-flight check asked it).
+    Failures are left to the study's own first call, which reports them."""
     try:
         from mlflow import MlflowClient
 
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
+        if urlparse(tracking_uri).scheme not in ("http", "https"):
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception:  # noqa: BLE001, S110 - reported by start_study_run, in the main thread
         pass
 
