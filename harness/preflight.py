@@ -65,7 +65,7 @@ def check_tracking_store(uri: str) -> None:
                 "starts with its tracking store reachable"
             ) from None
     elif scheme == "sqlite":
-        from harness.tracking import artifact_location
+        from harness.stores import artifact_location
 
         store = Path(urlparse(artifact_location(uri)).path).parent
         check_output_dir_writable(store, key="mlflow.tracking_uri")

@@ -29,9 +29,11 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -109,6 +111,19 @@ def _init_ray(cfg: DictConfig) -> bool:
                 include_dashboard=False, **quiet,
             )  # fmt: skip
     return bool(address)
+
+
+def _warm_up_store(tracking_uri: str) -> None:
+    """Import MLflow and open a local tracking store (a new SQLite store creates its schema), to
+    run while Ray starts; a tracking server is not called here (the pre-flight check asked it).
+    Failures are left to the study's own first call, which reports them."""
+    try:
+        from mlflow import MlflowClient
+
+        if urlparse(tracking_uri).scheme not in ("http", "https"):
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001, S110 - reported by start_study_run, in the main thread
+        pass
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
@@ -514,9 +529,6 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
     from `cfg.data` when not given), or resume it from `study.output_dir`; returns the report
     folder. Raises StudyInterrupted when a stage was interrupted (SIGINT)."""
-    from mlflow.exceptions import MlflowException
-
-    from harness.tracking import Outbox, last_line, start_study_run
     from trainables import TRAINABLES
 
     started = time.perf_counter()
@@ -533,7 +545,14 @@ def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
         print(f"data: {len(dataset.skipped)} files skipped (data.on_bad_file=skip; all of them in "
               f"report/skipped_files.csv): {shown}" + (" ..." if len(dataset.skipped) > 5 else ""),
               flush=True)  # fmt: skip
-    joined, nodes = _init_ray(cfg), _alive_nodes()
+    # MLflow's import and a new store's schema take as long as Ray's start-up: both at once
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-warm-up") as pool:
+        pool.submit(_warm_up_store, str(cfg.mlflow.tracking_uri))
+        joined, nodes = _init_ray(cfg), _alive_nodes()
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking import Outbox, last_line, start_study_run
+
     resources, concurrent = trial_resources(cfg.sweep, [n["Resources"] for n in nodes], joined)
     if len(nodes) > 1:
         _check_shared_storage(out, nodes)

@@ -26,7 +26,9 @@ Tune's experiment state does not hold (a driver killed after a trial started but
 recorded it; the resumed study runs that trial again under a new name) are deleted, so the store
 holds one run per trial. The driver queues a sync after every stage and at the end of the study,
 then waits up to `mlflow.flush_timeout_s` for the queue; after a longer outage run the command
-above once the server is back.
+above once the server is back. In the process that ran a stage its sync shares the live records'
+knowledge (`StageRuns.of`) and asks the store only about what those did not send: a run's status
+and artifacts, not every metric's history.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow import MlflowClient
@@ -68,6 +69,7 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
 from ray.tune import Callback  # noqa: E402
 from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 
+from harness.stores import artifact_location  # noqa: E402
 from harness.study_state import StudyState  # noqa: E402
 from harness.train import STATE_FILE  # noqa: E402
 
@@ -84,20 +86,6 @@ def start_study_run(state: StudyState) -> str:
     The store and the experiment are created here, in the driver, before any trial starts
     (parallel first-time creation of a SQLite store races)."""
     return _parent_run(mlflow_client(state.tracking_uri), state)
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """Where a new experiment's artifacts go: `mlartifacts/` beside a local store (a `sqlite:///`
-    database file or a `file:` folder), whatever folder the command was started from (MLflow's
-    own default is `./mlruns` of the working directory); None (the server decides) for a
-    tracking server."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        store = Path(unquote(parsed.path)[1:])  # sqlite:///rel.db, sqlite:////abs.db
-        return (store.resolve().parent / "mlartifacts").as_uri()
-    if parsed.scheme in ("", "file"):
-        return (Path(unquote(parsed.path)).resolve() / "mlartifacts").as_uri()
-    return None
 
 
 def _parent_run(client: MlflowClient, state: StudyState) -> str:
@@ -252,6 +240,20 @@ class StageRuns:
     carries it (e.g. the Ray node a trial ran on)."""
 
     RESULT_TAGS: ClassVar[dict[str, str]] = {"node_id": "ray.node_id"}  # the trial's Ray node
+    # (tracking URI, parent run, stage) -> the stage's runs as this process knows them
+    _known: ClassVar[dict[tuple[str, str | None, str], StageRuns]] = {}
+
+    @classmethod
+    def of(cls, state: StudyState, stage: str) -> StageRuns:
+        """The stage's runs as this process knows them: the live records (`TrialRuns`) and the
+        stage's reconciliation share one, so a sync after the stage looks up only what this
+        process did not send itself (it knows the runs it created and the steps it logged;
+        only the outbox thread uses it). A new process (a resumed study, `sync`) starts afresh
+        and looks everything up."""
+        key = (state.tracking_uri, state.parent_run_id, stage)
+        if key not in cls._known:
+            cls._known[key] = cls(state, stage)
+        return cls._known[key]
 
     def __init__(self, state: StudyState, stage: str) -> None:
         self.stage = stage
@@ -283,6 +285,10 @@ class StageRuns:
             token = page.token
             if not token:
                 return runs
+
+    def forget(self, trial: str) -> None:
+        """The trial's run was deleted: looked up (or created) again if it is ever needed."""
+        self._runs.pop(trial, None)
 
     def run_id(self, client: MlflowClient, trial: str) -> str:
         if trial not in self._runs:
@@ -392,7 +398,7 @@ class TrialRuns(Callback):
 
     def setup(self, **info: Any) -> None:
         state = StudyState.load(Path(self.study_dir))
-        self._runs = StageRuns(state, self.stage)
+        self._runs = StageRuns.of(state, self.stage)
         self._outbox = Outbox.to(state.tracking_uri)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -459,7 +465,8 @@ def read_stage(state: StudyState, stage: str) -> list[_TrialRecord] | None:
 def _sync_stage(
     client: MlflowClient, state: StudyState, stage: str, records: list[_TrialRecord]
 ) -> SyncCounts:
-    runs = StageRuns(state, stage)
+    runs = StageRuns.of(state, stage)
+    runs.counts = SyncCounts()  # what this sync sends
     for record in records:
         run = runs.start(client, record.name, record.config)
         runs.log(client, record.name, record.results)
@@ -473,6 +480,7 @@ def _sync_stage(
         for trial, run_id in runs.existing(client).items():
             if trial not in kept:
                 client.delete_run(run_id)
+                runs.forget(trial)
                 runs.counts.runs_deleted += 1
     return runs.counts
 

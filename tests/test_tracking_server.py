@@ -227,6 +227,57 @@ def test_sync_sends_only_what_the_store_lacks_and_drops_runs_of_lost_trials(tmp_
     assert again == type(again)()  # nothing left to send
 
 
+def test_a_stage_reconciled_by_the_process_that_logged_it_looks_up_only_what_it_did_not_send(
+    tmp_path,
+):
+    """The driver's sync after a stage shares the live records' knowledge (`StageRuns.of`): it
+    asks the store for no metric history, and still sends the one result whose live record was
+    lost; a new process (a resumed study) looks every metric up and finds nothing missing."""
+    from collections import Counter
+
+    from harness.study_state import StudyState
+    from harness.tracking import StageRuns, SyncCounts, _sync_stage, _TrialRecord, start_study_run
+
+    class CountingClient(mlflow.MlflowClient):
+        calls: Counter = Counter()
+
+        def get_metric_history(self, run_id, key):
+            self.calls["history"] += 1
+            return super().get_metric_history(run_id, key)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = StudyState(tmp_path, uri, "exp", config={"study": {"name": "s"}}, tags={})
+    state.parent_run_id = start_study_run(state)
+    state.begin_stage("search-et", {"stage": "search", "method": "et"})
+    client = CountingClient(uri)
+    results = {
+        name: [{"epoch": e, "val_accuracy": e / 10, "train_loss": 1 / e, "timestamp": 100 * e,
+                "training_iteration": e} for e in (1, 2, 3)]
+        for name in ("t1", "t2")
+    }  # fmt: skip
+    live = StageRuns.of(state, "search-et")  # what `TrialRuns` logs through
+    for name, reports in results.items():
+        live.start(client, name, {"train": {"lr": 0.1}})
+        for result in reports[:-1] if name == "t2" else reports:  # t2's last record was lost
+            live.log(client, name, [result])
+        live.end(client, name, None)
+    state.finish_stage("search-et")
+    records = [_TrialRecord(n, "TERMINATED", {"train": {"lr": 0.1}}, r, None, None)
+               for n, r in results.items()]  # fmt: skip
+
+    client.calls.clear()
+    counts = _sync_stage(client, state, "search-et", records)
+    assert counts == SyncCounts(metrics=2) and client.calls["history"] == 0  # t2's epoch 3
+    run = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
+                             "tags.trial_name = 't2'")[0]  # fmt: skip
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+
+    StageRuns._known.clear()  # a new process: nothing known
+    client.calls.clear()
+    assert _sync_stage(client, state, "search-et", records) == SyncCounts()
+    assert client.calls["history"] == 2 * 2  # each trial's val_accuracy and train_loss
+
+
 def test_a_study_does_not_start_without_its_tracking_server(tmp_path, capsys):
     import ray
 

@@ -354,3 +354,59 @@ def test_composed_steps_equal_the_token_jacobian_of_the_linearised_model():
         jacobian = torch.cat([grad[0, :1, c], grad[0, 1:, c].view(P, T).T.flatten()])
         torch.testing.assert_close(jacobian, product[0], atol=1e-10, rtol=1e-9)
         assert jacobian[1:].abs().min() > 0
+
+
+def _naive_divided_matrices(att, b, h):
+    """Block by block, the temporal then the spatial N x N matrix of sample b, head h, entry by
+    entry from the module's definition (frame-major tokens, 0 the class token)."""
+    T, hh, ww = att.grid
+    P, n = hh * ww, 1 + T * hh * ww
+    out = []
+    for temporal, spatial in zip(att.temporal, att.spatial):
+        x = torch.zeros(n, n, dtype=torch.float64)
+        x[0, 0] = 1.0
+        for p in range(P):
+            for t in range(T):
+                for u in range(T):
+                    x[1 + t * P + p, 1 + u * P + p] = temporal[b, p, h, t, u]
+        out.append(x)
+        x = torch.zeros(n, n, dtype=torch.float64)
+        x[0, 0] = spatial[b, :, h, 0, 0].mean()
+        for t in range(T):
+            for p in range(P):
+                x[0, 1 + t * P + p] = spatial[b, t, h, 0, 1 + p] / T
+                x[1 + t * P + p, 0] = spatial[b, t, h, 1 + p, 0]
+                for q in range(P):
+                    x[1 + t * P + p, 1 + t * P + q] = spatial[b, t, h, 1 + p, 1 + q]
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"k": 0.5, "head_weight": "max"}, {"k": 1.0, "heads": "top2"}]
+)
+def test_rollout_fem_on_the_block_steps_equals_a_per_head_per_layer_loop(params):
+    """Rollout-FEM on `divided_steps` against the plainest reading of it: for each sample and
+    head, the full product of that head's normalised N x N matrices layer by layer, then the
+    k-sigma rule, the head weights and the max-normalised sum, one head at a time."""
+    att, _ = _divided(5)
+    k, heads, weight = params.get("k", 2.0), params.get("heads", "all"), params.get("head_weight")
+    B, H, n = 2, 3, 1 + 4 * 2 * 3
+    expected = torch.zeros(B, n - 1, dtype=torch.float64)
+    for b in range(B):
+        rows, weights, maps = [], [], []
+        for h in range(H):
+            r = torch.eye(n, dtype=torch.float64)
+            for x in _naive_divided_matrices(att, b, h):
+                m = torch.eye(n, dtype=torch.float64) + x
+                r = (m / m.sum(-1, keepdim=True)) @ r
+            a = r[0, 1:]
+            rows.append(a)
+            weights.append(float(a.max() if weight == "max" else a.mean()))
+            maps.append((a >= a.mean() + k * a.std(correction=0)).double())
+        chosen = range(H) if heads == "all" else sorted(range(H), key=lambda h: -weights[h])[:2]
+        s = sum(weights[h] * maps[h] for h in chosen)
+        expected[b] = s / s.max()
+    got = ATTENTION_EXPLAINERS["rollout_fem"](divided_steps(att), **params)
+    assert (expected > 0).any() and (expected < 1).any()  # some tokens pass, not all
+    torch.testing.assert_close(got, expected, **EXACT)

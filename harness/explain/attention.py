@@ -182,25 +182,27 @@ def _validate(
 
 def _class_row(
     layers: list[tuple[Mixing, ...]],
-    build: Callable[..., Tensor],
+    build: Callable[..., Tensor] | None,
     normalise: bool,
     finish: Callable[[Mixing], Mixing] | None = None,
 ) -> Tensor:
     """e_0^T M_L ... M_1 over tokens 1..N-1, M_l = D_l^-1 (I + X_l).
 
     X_l has the structure of layers[l][0] and, part by part, the values build(*(the part of each
-    of layers[l])) (``...`` = B or B, H), then is finish(X_l) if given;
+    of layers[l])) (``...`` = B or B, H; layers[l][0] itself when build is None), then is
+    finish(X_l) if given;
     D_l = diag(rowsum(I + X_l)) if normalise else I. Returns [..., N-1].
     """
     r = None
     for layer in reversed(layers):
-        parts = [build(*same) for same in zip(*(m.parts for m in layer))]
-        x = layer[0].with_parts(parts)
+        x = layer[0]
+        if build is not None:
+            x = x.with_parts([build(*same) for same in zip(*(m.parts for m in layer))])
         if finish is not None:
             x = finish(x)
         if r is None:  # e_0 (I + X_L) = e_0 + X_L[0, :], whose sum is row 0's sum of I + X_L
             r = x.first_row().clone()
-            r[..., 0] += 1
+            r[..., 0].add_(1)
             if normalise:
                 r = r / r.sum(-1, keepdim=True)
         else:
@@ -266,7 +268,7 @@ def head_rollouts(attentions: Sequence[Tensor | Mixing], normalise: bool = True)
     """Each head rolled out on its own (Rollout-FEM's first step): the class row of
     A'_{L,h} ... A'_{1,h}, A'_{l,h} = D^-1 (I + A_{l,h}) (D the row sums if ``normalise``, else
     I), over tokens 1..N-1: [B, H, N-1]."""
-    return _class_row(_validate(attentions), lambda x: x, normalise=bool(normalise))
+    return _class_row(_validate(attentions), None, normalise=bool(normalise))
 
 
 def rollout_fem(
@@ -317,9 +319,10 @@ def rollout_fem(
     a = head_rollouts(attentions, normalise)  # [B, H, N-1]
     if tokens is not None:
         a = a[..., tokens]
-    binary, _ = _ksigma_maps(a, k)  # [B, H, N-1]
-    w = HEAD_WEIGHTS[head_weight](a)  # [B, H]
-    w = w * _head_mask(heads, w, binary)
+    binary, means = _ksigma_maps(a, k)  # [B, H, N-1], [B, H]
+    w = means if head_weight == "mean" else HEAD_WEIGHTS[head_weight](a)  # [B, H]
+    if heads != "all":
+        w = w * _head_mask(heads, w, binary)
     s = (w.unsqueeze(-1) * binary).sum(1)  # [B, N-1]
     peak = s.amax(-1, keepdim=True)
     return s / torch.where(peak > 0, peak, 1)

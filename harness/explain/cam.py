@@ -49,7 +49,7 @@ def _ksigma_maps(x: Tensor, k: float) -> tuple[Tensor, Tensor]:
     mu = x.mean(-1, keepdim=True)
     sigma = x.std(-1, correction=0, keepdim=True)
     flat = sigma <= 64 * torch.finfo(x.dtype).eps * x.abs().amax(-1, keepdim=True)
-    threshold = torch.where(flat, x.amin(-1, keepdim=True), mu + k * sigma)
+    threshold = (mu + k * sigma).masked_fill_(flat, -math.inf)  # a flat channel: every x passes
     return (x >= threshold).to(x.dtype), mu.squeeze(-1)
 
 

@@ -219,12 +219,14 @@ def spatial_step(spatial: Tensor, *, gradient: bool = False) -> SpatialMixing:
     of `compose_spatial` (its patches' rows a view of `spatial`)."""
     T = spatial.shape[1]
     s = spatial.transpose(1, 2)  # [B, H, T, 1+P, 1+P]
+    cls = s[..., 0, :]  # each frame's class row, [B, H, T, 1+P]
+    corners, row = cls[..., 0], cls[..., 1:]
     if gradient:
-        corner, row = s[..., 0, 0].sum(-1, keepdim=True), s[..., 0, 1:] * T
+        corner, row = corners.sum(-1, keepdim=True), row * T
     else:
-        corner, row = s[..., 0, 0].mean(-1, keepdim=True), s[..., 0, 1:] / T
+        corner, row = corners.mean(-1, keepdim=True), row / T
     first = torch.cat([corner, row.flatten(2)], -1)
-    return SpatialMixing(T, s.shape[-1] - 1, (first, s[..., 1:, :], s[..., 0, 0]))
+    return SpatialMixing(T, s.shape[-1] - 1, (first, s[..., 1:, :], corners))
 
 
 def divided_steps(attention: DividedAttention, *, gradient: bool = False) -> list[Mixing]:
