@@ -48,6 +48,12 @@ from typing import Any, ClassVar
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from harness.stores import artifact_location
+from harness.study_state import StudyState
+from harness.train import STATE_FILE
 
 # Short HTTP timeouts and few retries: the outbox does the waiting. No "View run ... at" line per
 # run (the progress view names the runs). Defaults only: the user's environment wins.
@@ -66,12 +72,7 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     for key, value in MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     return MlflowClient(tracking_uri)
-from ray.tune import Callback  # noqa: E402
-from ray.tune.result import AUTO_RESULT_KEYS  # noqa: E402
 
-from harness.stores import artifact_location  # noqa: E402
-from harness.study_state import StudyState  # noqa: E402
-from harness.train import STATE_FILE  # noqa: E402
 
 RETRY_SECONDS = 5.0
 SYNCED = ".mlflow_synced"  # in a finished stage's folder once a sync of it has completed
