@@ -7,10 +7,12 @@ groups only (never `ray stop`, which stops every Ray of the machine's user)."""
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,9 +135,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """Address of a two-node Ray cluster on 127.0.0.1, 1 CPU per node."""
-    folder = tmp_path_factory.mktemp("ray")
+    # a short folder of its own: a node's socket paths must stay under AF_UNIX's 107 bytes, which
+    # a pytest folder (per parallel worker) can exceed
+    folder = Path(tempfile.mkdtemp(prefix="et-ray-", dir="/tmp"))
     # the nodes' workers import the project and the test's gate driver (tests/_faults.py)
     path = os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -166,6 +170,7 @@ def cluster(tmp_path_factory):
     finally:
         for node in reversed(nodes):
             _stop(node)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
