@@ -64,6 +64,32 @@ MODELS: dict[str, tuple[str, dict[str, int], int]] = {
 }
 
 
+def add_timer_arguments(parser: argparse.ArgumentParser, *, repeats: int, warmup: int,
+                        clock: str) -> None:  # fmt: skip
+    """The timing options every timing benchmark takes (`timer_from` reads them)."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default=clock,
+        help="wall: elapsed time; cpu: the process's CPU time (CPU only; with --threads 1 it is "
+        "robust to other work on a shared machine)",
+    )  # fmt: skip
+
+
+def timer_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Timer:
+    """Apply the timing options (threads, device: `args.device` becomes a torch.device) and
+    return their Timer; a CUDA device that is not there, or the CPU clock on one, is refused."""
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.device.type == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures CPU work only; use --clock wall with --device cuda")
+    torch.set_num_threads(args.threads)
+    return Timer(args.device, args.repeats, args.warmup, args.clock)
+
+
 class Timer:
     """Median time of a callable, synchronising CUDA around every run. clock: "wall" (elapsed
     time) or "cpu" (this process's CPU time: what one thread costs, whatever else runs)."""
@@ -281,28 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("tiny", "base", "both"), default="both")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before")
     parser.add_argument(
         "--reference-repeats", type=int, default=3, help="timed runs of the slow dense references"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time; cpu: the process's CPU time (CPU only; with --threads 1 it is "
-        "robust to other work on a shared machine)",
-    )
+    add_timer_arguments(parser, repeats=10, warmup=2, clock="wall")
     args = parser.parse_args(argv)
-    args.device = torch.device(args.device)
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    if args.device.type == "cuda" and args.clock == "cpu":
-        parser.error("--clock cpu measures CPU work only; use --clock wall with --device cuda")
-    torch.set_num_threads(args.threads)
-    timer = Timer(args.device, args.repeats, args.warmup, args.clock)
+    timer = timer_from(parser, args)
     names = ("tiny", "base") if args.model == "both" else (args.model,)
     results = [benchmark_model(name, args, timer) for name in names]
     print(markdown(results, args))

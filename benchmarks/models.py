@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from explainers import Timer  # noqa: E402
+from explainers import Timer, add_timer_arguments, timer_from  # noqa: E402
 
 from harness.explain import EXPLAINERS, explain  # noqa: E402
 from harness.models import build_model  # noqa: E402
@@ -79,15 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "larger", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    add_timer_arguments(parser, repeats=5, warmup=1, clock="wall")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.device = torch.device(args.device)
-    timer = Timer(args.device, args.repeats, args.warmup, args.clock)
+    timer = timer_from(parser, args)
     sizes = ["tiny", "larger"] if args.size == "both" else [args.size]
     rows = [(m, s, benchmark(m, s, args, timer)) for s in sizes for m in TINY]
     columns = list(rows[0][2])

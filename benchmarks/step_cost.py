@@ -43,7 +43,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from explainers import Timer  # noqa: E402
+from explainers import Timer, add_timer_arguments, timer_from  # noqa: E402
 from models import COMMON, SIZES  # noqa: E402
 
 from harness.data import Batch  # noqa: E402
@@ -181,14 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--larger-batch-size", type=int, default=4)
     parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu")
+    add_timer_arguments(parser, repeats=3, warmup=1, clock="cpu")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.device = torch.device(args.device)
+    timer_from(parser, args)  # threads and device; the rounds below time with their own Timer
     sizes = ["tiny", "larger"] if args.size == "both" else [args.size]
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s), device {args.device}, {args.clock} clock, fastest of "
