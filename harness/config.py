@@ -302,10 +302,10 @@ def validate_study(cfg: DictConfig) -> None:
         )
     if cfg.sweep.scheduler not in ("none", "asha"):
         raise ConfigError(f"sweep.scheduler: expected none or asha, got {cfg.sweep.scheduler!r}")
-    if not isinstance(cfg.sweep.reuse_actors, bool):
-        raise ConfigError(
-            f"sweep.reuse_actors: expected true or false, got {cfg.sweep.reuse_actors!r}"
-        )
+    for key, value in (("sweep.reuse_actors", cfg.sweep.reuse_actors),
+                       ("report.explain_models", cfg.report.explain_models)):  # fmt: skip
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
     _validate_resources(cfg.sweep)
     if int(cfg.final.seeds) < 1:
         raise ConfigError(f"final.seeds: expected an integer >= 1, got {cfg.final.seeds}")

@@ -508,9 +508,10 @@ def _move_aside(folder: Path, cfg: DictConfig) -> None:
 
 def _comparable(cfg: DictConfig) -> dict[str, Any]:
     """The settings a resumed study must share with its start: all but where it runs (`ray`),
-    how long the end waits for MLflow, and `study.restart`."""
+    how long the end waits for MLflow, what the report page draws (`report`) and
+    `study.restart`."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    del config["ray"]
+    del config["ray"], config["report"]
     config["mlflow"].pop("flush_timeout_s", None)
     config["study"].pop("restart", None)
     # plain types, as the state file reads back; in order (a space lists a parameter before the
@@ -664,7 +665,7 @@ def _run_stages(cfg: DictConfig, engine: _Engine, dataset: Dataset, started: flo
                              faithfulness=faithfulness_summary(summaries))  # fmt: skip
     if (cfg.data.get("face_crop") or {}).get("enabled") and "video" in dataset.inputs:
         _face_report(cfg, dataset, finals, out / "report", title)
-    _write_report_page(out)
+    _write_report_page(out, bool(cfg.report.explain_models))
     metrics = {f"{_metric_name(row.method)}_test_acc_mean": row.test_acc_mean
                for row in table.itertuples()}  # fmt: skip
     state.summary = {"params": {"wall_seconds": round(elapsed)},
@@ -696,13 +697,14 @@ def _face_report(cfg: DictConfig, dataset: Dataset, finals: list, folder: Path, 
                           explainers=list(cfg.evaluation.trend_explainers))  # fmt: skip
 
 
-def _write_report_page(out: Path) -> None:
-    """The report's page, figures and knob table (what `python -m harness.report` rebuilds). The
+def _write_report_page(out: Path, explain_models: bool) -> None:
+    """The report's page, figures and knob table (what `python -m harness.report` rebuilds), the
+    final models put through the explainers when `explain_models` (`report.explain_models`). The
     study's results are on disk by now: a failure here is reported, not raised."""
     from reports.study_report import build_report
 
     try:
-        print(f"report page: {build_report(out).index}", flush=True)
+        print(f"report page: {build_report(out, explain=explain_models).index}", flush=True)
     except Exception as error:
         print(f"warning: report page not written ({type(error).__name__}: {error}); the tables "
               f"are; rebuild it with: python -m harness.report {out}", file=sys.stderr)  # fmt: skip

@@ -174,6 +174,12 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
         m: report / "models" / m for m in models.runs
         if (report / "models" / m / "occlusion_curves.csv").is_file()
     }  # fmt: skip
+    if not folders and not explain:
+        page.add("Explanations of the final models",
+                 "<p class='note'>The final models were not put through the explainers "
+                 "(report.explain_models=false); <code>python -m harness.report "
+                 f"{esc(study.folder)}</code> adds them.</p>")  # fmt: skip
+        return []
     if not folders:
         page.add("Explanations of the final models",
                  "<p class='note'>Occlusion curves, galleries and per-class trends are of video "

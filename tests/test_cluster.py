@@ -185,7 +185,8 @@ def test_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path
            "GATE_QUORUM": "2"}
     result = subprocess.run(
         [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())", "birds_video",
-         "sweep=smoke", f"ray.address={address}", "study.methods=[vanilla]",
+         "sweep=smoke", "report.explain_models=false", f"ray.address={address}",
+         "study.methods=[vanilla]",
          "sweep.num_samples=2", "sweep.reuse_actors=false", f"study.output_dir={out}",
          f"data.cache_dir={tmp_path / 'cache'}", "model.hidden_size=16",
          "evaluation.occlusion_levels=[0.0,0.5]", "evaluation.gallery_clips=1",

@@ -32,8 +32,9 @@ def test_failing_trials_are_retried_then_reported_and_the_study_completes_the_re
     }
     result = subprocess.run(
         [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())", "birds_video",
-         "sweep=smoke", f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}",
-         "ray.num_cpus=2", "study.methods=[ifi,vanilla]", "sweep.num_samples=2",
+         "sweep=smoke", "report.explain_models=false", f"study.output_dir={out}",
+         f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2", "study.methods=[ifi,vanilla]",
+         "sweep.num_samples=2",
          "sweep.max_failures=1", "data.synthetic.train_per_class=8",
          "data.synthetic.val_per_class=4", "data.synthetic.test_per_class=4"],
         capture_output=True, text=True, timeout=900, env=env, start_new_session=True,
@@ -62,6 +63,10 @@ def test_failing_trials_are_retried_then_reported_and_the_study_completes_the_re
     assert counts == {"ifi": (2, 2, 0), "vanilla": (2, 0, 1)}
     assert 0.0 <= float(rows["vanilla"]["test_acc_mean"]) <= 1.0  # the study went on
     assert "2 (2)" in (out / "report" / "comparison.md").read_text()
+    # report.explain_models=false: the page says how to add the final models' explanations
+    assert not (out / "report" / "models").exists()
+    page = (out / "report" / "index.html").read_text()
+    assert f"(report.explain_models=false); <code>python -m harness.report {out}</code>" in page
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("et-harness-birds_video")

@@ -24,6 +24,7 @@ def study(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
     result = subprocess.run(
         [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
+         "report.explain_models=false",
          f"study.models=[{','.join(MODELS)}]", "sweep.num_samples=1",
          "data.synthetic.train_per_class=4", "data.synthetic.val_per_class=2",
          "data.synthetic.test_per_class=2", "evaluation.occlusion_levels=[0.0,0.5]",

@@ -82,6 +82,7 @@ def test_pareto_study_reports_the_front_and_retrains_its_knee(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
     result = subprocess.run(
         [sys.executable, "-m", "harness.sweep", "birds_video", "sweep=smoke",
+         "report.explain_models=false",
          "sweep.objective=pareto", "study.methods=[vanilla]", "sweep.num_samples=4",
          "train.epochs=2", f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}",
          "ray.num_cpus=2", "model.hidden_size=16", "model.num_layers=1",

@@ -84,7 +84,8 @@ def studies(tmp_path_factory):
     try:
         for experiment, (root, _) in trees.items():
             out = base / experiment
-            code = sweep_main([experiment, "sweep=smoke", f"data.root={root}",
+            code = sweep_main([experiment, "sweep=smoke",
+                               "report.explain_models=false", f"data.root={root}",
                                f"data.cache_dir={out / 'cache'}", f"study.output_dir={out}",
                                f"mlflow.tracking_uri=sqlite:///{base / 'mlflow.db'}",
                                *extra[experiment]])  # fmt: skip

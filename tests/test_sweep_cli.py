@@ -35,6 +35,8 @@ def test_default_and_smoke_studies_are_valid():
         ("space.et.method.explainer.choices=[rollout,magic]", "method.explainer: expected one of"),
         ("methods.et.heads=best", "method.heads: expected all, nonempty, top<n>"),
         ("space.ifi.method.weight.low=5", "low \\(5\\) must not exceed high"),
+        ("sweep.reuse_actors=maybe", "sweep.reuse_actors: expected true or false, got 'maybe'"),
+        ("report.explain_models=1", "report.explain_models: expected true or false, got 1"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
