@@ -68,8 +68,9 @@ class ET(TrainingMethod):
                     f"method.{adapter.policy_key}: unknown policy {policy!r}; expected one of: "
                     + ", ".join(adapter.policies)
                 )
-            if policy == "prune" and not adapter.adapter.prunes:
-                raise ValueError(prune_refusal(adapter.adapter.name, adapter.adapter.pruning))
+            reader = adapter.adapter
+            if policy == "prune" and not reader.prunes:
+                raise ValueError(prune_refusal(reader.name, reader.pruning, adapter.policy_key))
             self.policies[m] = policy
         self.refresh_every = int(self.cfg.get("refresh_every", 1))
         self.warmup_epochs = math.floor(float(self.cfg.get("warmup_fraction", 0.0)) * self.epochs)
@@ -169,9 +170,11 @@ class ET(TrainingMethod):
         return self.forward(model, restricted)[0]
 
 
-def prune_refusal(model: str, pruning: str) -> str:
-    """The error for `prune` on a model that cannot prune (config time and here)."""
+def prune_refusal(model: str, pruning: str, key: str) -> str:
+    """The error for `prune` as the policy `key` (crop_policy, signal_policy) on a model that
+    cannot prune (config time and here)."""
     return (
-        f"method.crop_policy: model {model} cannot prune tokens ({pruning}); expected another "
-        "crop policy, got 'prune' (a search: space.et.method.crop_policy.choices without prune)"
+        f"method.{key}: model {model} cannot prune tokens ({pruning}); expected another "
+        f"{key.replace('_', ' ')}, got 'prune' (a search: space.et.method.{key}.choices without "
+        "prune)"
     )
