@@ -1,16 +1,20 @@
 """What a training method costs: per step, per epoch (ET's refresh included), per prediction, and
 the step's activation memory, as ratios to vanilla measured in one run.
 
-    python benchmarks/step_cost.py [--models timesformer,pool_t,video_swin_t]
+    python benchmarks/step_cost.py [--models timesformer,pool_t,video_swin_t,linformer,hybrid]
         [--size tiny|larger|both] [--batch-size 16] [--larger-batch-size 4] [--batches 3]
         [--repeats 3] [--warmup 1] [--threads 1] [--device cpu|cuda] [--clock cpu|wall]
 
 For every video model (at the `tiny` size of harness/conf/model/ and the `larger` size of
-benchmarks/models.py) and every method row (vanilla; IFI as configured in
-harness/conf/method/ifi.yaml; ET as in harness/conf/method/et.yaml with each crop policy, `prune`
-at keep 0.25 / 0.5 / 0.75, prune at 0.5 with `full_input_weight=0.5` (its cache refreshed free
-from the whole-view forwards) and with `refresh_every=2`), on random clips stored at 3x the model's
-input side (as the synthetic data) and random labels, in this one process:
+benchmarks/models.py), the signal model (`linformer`, harness/conf/model/linformer_tiny.yaml on
+the synthetic data's 256 x 6 signals) and the hybrid (the tiny TimeSformer and that Linformer),
+both at the tiny size only, and every method row (vanilla; IFI as configured in
+harness/conf/method/ifi.yaml; ET as in harness/conf/method/et.yaml with each policy, the same
+name for every input the model reads (the hybrid's `prune` rows prune both), `prune` at keep
+0.25 / 0.5 / 0.75, prune at 0.5 with `full_input_weight=0.5` (its cache refreshed free from the
+whole-view forwards) and with `refresh_every=2`), on random clips stored at 3x the model's input
+side (as the synthetic data), random standard-normal signals and random labels, in this one
+process:
 
 * step: one training step (`method.loss`, backward, AdamW step), ET's cache already filled;
 * epoch: `method.start_epoch` (ET's explaining pass over the training set, when it is due) and one
@@ -48,27 +52,47 @@ from models import COMMON, SIZES  # noqa: E402
 
 from harness.data import Batch  # noqa: E402
 from harness.methods import build_method  # noqa: E402
-from harness.methods.modality import modalities_of  # noqa: E402
+from harness.methods.modality import POLICY_KEYS, modalities_of  # noqa: E402
 from harness.models import adapter_of, build_model  # noqa: E402
 
-METHOD_CONF = Path(__file__).resolve().parents[1] / "harness" / "conf" / "method"
+CONF = Path(__file__).resolve().parents[1] / "harness" / "conf"
+METHOD_CONF = CONF / "method"
+SIGNAL = {"signal_length": 256, "channels": 6}  # the synthetic data's signals
 EPOCHS = 10  # the schedule ET reads its warm-up from; warm-up 0 here, every epoch is ET's
 ROWS: dict[str, tuple[str, dict]] = {
     "vanilla": ("vanilla", {}),
     "IFI": ("ifi", {}),
-    **{f"ET {p}": ("et", {"crop_policy": p})
+    **{f"ET {p}": ("et", {"policy": p})
        for p in ("largest_region", "union_box", "mask", "soft", "none")},
-    **{f"ET prune {k}": ("et", {"crop_policy": "prune", "keep": k}) for k in (0.25, 0.5, 0.75)},
+    **{f"ET prune {k}": ("et", {"policy": "prune", "keep": k}) for k in (0.25, 0.5, 0.75)},
     "ET prune 0.5, full_input_weight 0.5": (
-        "et", {"crop_policy": "prune", "keep": 0.5, "full_input_weight": 0.5}),
+        "et", {"policy": "prune", "keep": 0.5, "full_input_weight": 0.5}),
     "ET prune 0.5, refresh_every 2": (
-        "et", {"crop_policy": "prune", "keep": 0.5, "refresh_every": 2}),
+        "et", {"policy": "prune", "keep": 0.5, "refresh_every": 2}),
 }  # fmt: skip
 
 
-def method_config(name: str, changes: dict) -> dict:
+def method_config(name: str, changes: dict, inputs: tuple[str, ...]) -> dict:
+    """The method's config with a row's changes, `policy` as every input's policy key."""
     cfg = yaml.safe_load((METHOD_CONF / f"{name}.yaml").read_text())
+    changes = dict(changes)
+    policy = changes.pop("policy", None)
+    if policy is not None:
+        changes.update({POLICY_KEYS[m]: policy for m in inputs})
     return {**cfg, "warmup_fraction": 0.0, **changes}
+
+
+def model_config(name: str, size: str) -> dict | None:
+    """The benchmarked config of model `name` at `size` (None: no such size; the signal and
+    hybrid models have the tiny one only)."""
+    if name in SIZES[size]:
+        return {"name": name, **COMMON, **SIZES[size][name]}
+    if size != "tiny" or name not in ("linformer", "hybrid"):
+        return None
+    signal = {**yaml.safe_load((CONF / "model" / "linformer_tiny.yaml").read_text()), **SIGNAL}
+    if name == "linformer":
+        return signal
+    return {"name": "hybrid", "video": model_config("timesformer", size), "signal": signal}
 
 
 class SavedBytes:
@@ -87,31 +111,44 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def measure(model_name: str, size: str, batch_size: int, args) -> dict[str, dict]:
-    cfg = {"name": model_name, **COMMON, **SIZES[size][model_name]}
-    side = cfg["image_size"]
+def random_inputs(cfg: dict, inputs: tuple[str, ...], batch_size: int, generator) -> dict:
+    """Random inputs as the synthetic data stores them: clips at 3x the video model's side,
+    standard-normal signals."""
+    found = {}
+    if "video" in inputs:
+        side = cfg.get("video", cfg)["image_size"]
+        found["video"] = torch.rand(batch_size, 8, 3, 3 * side, 3 * side, generator=generator)
+    if "signal" in inputs:
+        found["signal"] = torch.randn(batch_size, SIGNAL["signal_length"], SIGNAL["channels"],
+                                      generator=generator)  # fmt: skip
+    return found
+
+
+def measure(cfg: dict, batch_size: int, args) -> dict[str, dict]:
+    adapter = adapter_of(cfg)
     generator = torch.Generator().manual_seed(0)
     batches = [
         Batch(
-            {"video": torch.rand(batch_size, 8, 3, 3 * side, 3 * side, generator=generator)
-             .to(args.device)},
+            {m: x.to(args.device)
+             for m, x in random_inputs(cfg, adapter.inputs, batch_size, generator).items()},
             torch.randint(0, 4, (batch_size,), generator=generator).to(args.device),
             torch.arange(b * batch_size, (b + 1) * batch_size, device=args.device),
         )
         for b in range(args.batches)
     ]  # fmt: skip
-    prunes = adapter_of(cfg).prunes
+    prunes = all(adapter.reader(cfg, m).prunes for m in adapter.inputs)
     runs: dict[str, dict[str, Callable[[], object]]] = {}
     results: dict[str, dict] = {}
     for row, (name, changes) in ROWS.items():
         results[row] = {}
-        if changes.get("crop_policy") == "prune" and not prunes:
+        if changes.get("policy") == "prune" and not prunes:
             continue
         torch.manual_seed(0)
-        model = build_model(cfg, 4).to(args.device)
+        model = build_model(cfg, 4, SIGNAL["channels"]).to(args.device)
         method = build_method(
-            method_config(name, changes), modalities=modalities_of(model), epochs=EPOCHS
-        )
+            method_config(name, changes, adapter.inputs), modalities=modalities_of(model),
+            epochs=EPOCHS,
+        )  # fmt: skip
         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(batch=batches[0], method=method, model=model, optimiser=optimiser) -> None:
@@ -176,7 +213,7 @@ def table(results: dict[str, dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="timesformer,pool_t,video_swin_t")
+    parser.add_argument("--models", default="timesformer,pool_t,video_swin_t,linformer,hybrid")
     parser.add_argument("--size", choices=["tiny", "larger", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--larger-batch-size", type=int, default=4)
@@ -191,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         batch_size = args.batch_size if size == "tiny" else args.larger_batch_size
         for model in args.models.split(","):
-            results = measure(model, size, batch_size, args)
+            cfg = model_config(model, size)
+            if cfg is None:
+                print(f"\n**{model}, {size}**: no {size} size (tiny only)")
+                continue
+            results = measure(cfg, batch_size, args)
             base = results["vanilla"]
             print(f"\n**{model}, {size}** (batch {batch_size}; vanilla: step "
                   f"{base['step']:.0f} ms, epoch {base['epoch']:.0f} ms, predict "

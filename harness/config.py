@@ -32,6 +32,7 @@ from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
 from harness.methods.et import prune_refusal
 from harness.methods.ifi import VARIANTS as IFI_VARIANTS
+from harness.methods.modality import POLICY_KEYS
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import ARCHITECTURES, adapter_of
 from harness.search_space import Parameter, check_space
@@ -217,11 +218,11 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
         need(method.get("signal_policy", "soft") in WINDOW_POLICIES, "method.signal_policy",
              f"one of {', '.join(WINDOW_POLICIES)}")  # fmt: skip
         need(0 < float(method.get("keep", 0.5)) <= 1, "method.keep", "a share in (0, 1]")
-        if method.get("crop_policy") == "prune" and "video" in adapter.inputs:
-            video = model if adapter.inputs == ("video",) else model.get("video", {})
-            reader = adapter_of(video)
-            if not reader.prunes:
-                raise Unsupported(f"{source}: {prune_refusal(reader.name, reader.pruning)}")
+        for modality in adapter.inputs:  # prune: the architecture reading that input must prune
+            key = POLICY_KEYS[modality]
+            reader = adapter.reader(model, modality)
+            if method.get(key) == "prune" and not reader.prunes:
+                raise Unsupported(f"{source}: {prune_refusal(reader.name, reader.pruning, key)}")
         need(int(method.get("refresh_every", 0)) >= 1, "method.refresh_every", "an integer >= 1")
         need(0 <= float(method.get("warmup_fraction", 0)) < 1, "method.warmup_fraction",
              "a fraction in [0, 1)")  # fmt: skip

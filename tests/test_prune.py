@@ -1,7 +1,11 @@
 """ET's `prune` policy: the pruned forward of each architecture that prunes against its full
-forward with the pruned tokens' attention masked out; the kept patches are the top-ranked ones
+forward with the pruned tokens' attention masked out (video) or their keys and values zeroed
+(Linformer, the hybrid's signal branch); the kept patches and time tokens are the top-ranked ones
 (ties in the seeded order of the occlusion test); a model that cannot prune is refused at config
-time; ET's free refresh from the whole-view training forward and its prediction pipeline."""
+time; ET's free refresh from the whole-view training forward, its prediction pipeline, and a
+training step on pruned signals."""
+
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -11,10 +15,12 @@ from harness.data import Batch
 from harness.evaluate.occlusion import tie_order
 from harness.explain import explain_input
 from harness.methods import build_method
-from harness.methods.crop import downsample, get_crop_policy, top_patches
+from harness.methods.crop import downsample, get_crop_policy, top_patches, top_regions
 from harness.methods.modality import modalities_of
+from harness.methods.window import get_window_policy
 from harness.models import build_model
 from harness.models.base import Pruned
+from harness.models.signal import LinformerAdapter
 
 FRAMES, SIDE, PATCH = 4, 16, 4  # 16 patches per frame
 TINY = {
@@ -182,3 +188,189 @@ def test_free_refresh_from_the_whole_view_training_forward():
     gradient = et(model, full_input_weight=0.5, explainer="tibav")
     gradient.start_epoch(model, 0, train_batches)
     assert not gradient.step_refresh  # the gradient explainers always take the pass
+
+
+# Signals: the Linformer and the hybrid's signal branch (ET's signal_policy=prune)
+SIGNAL = {"name": "linformer", "signal_length": 64, "channels": 3, "patch_length": 8,
+          "hidden_size": 16, "num_layers": 2, "num_heads": 2, "proj_dim": 4, "stem_channels": 8,
+          "stem_kernel": 3}  # 8 time tokens  # fmt: skip
+TOKENS = 8
+
+
+def tiny_signal(**changes) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model({**SIGNAL, **changes}, 3).eval()
+
+
+def tiny_hybrid() -> torch.nn.Module:
+    torch.manual_seed(0)
+    video = {"name": "timesformer", "num_frames": FRAMES, "image_size": SIDE, "patch_size": PATCH,
+             **TINY["timesformer"]}  # fmt: skip
+    return build_model({"name": "hybrid", "video": video, "signal": SIGNAL}, 3).eval()
+
+
+@contextmanager
+def zeroed_keys_and_values(model, keep: torch.Tensor):
+    """The Linformer's full forward with the pruned time tokens' keys and values zeroed in every
+    block: a forward hook on each block's qkv projection (output [q | k | v]) zeroes the k and v
+    rows of the pruned positions; the attention code itself is not touched."""
+    kept = torch.zeros(len(keep), 1 + TOKENS, 1)
+    kept[:, 0] = 1.0  # the class token
+    kept.scatter_(1, keep[..., None] + 1, 1.0)
+    width = model.blocks[0].attn.qkv.out_features // 3
+
+    def hook(module, args, out):
+        return torch.cat([out[..., :width], out[..., width:] * kept], -1)
+
+    handles = [block.attn.qkv.register_forward_hook(hook) for block in model.blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def signals(batch: int = 3, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, SIGNAL["signal_length"], 3, generator=generator)
+
+
+SIGNAL_KEEP = torch.tensor([[0, 2, 3, 7], [1, 4, 5, 6], [0, 1, 2, 3]])
+
+
+@pytest.mark.parametrize("changes", [{}, {"projection_init": "xavier"}, {"share_kv": True}])
+def test_pruned_linformer_equals_the_full_forward_with_the_pruned_keys_and_values_zeroed(changes):
+    model = tiny_signal(**changes)
+    x, keep = signals(), SIGNAL_KEEP
+    with torch.no_grad():
+        pruned = model(x, keep=keep, capture=True)
+        with zeroed_keys_and_values(model, keep):
+            zeroed = model(x).logits
+        full = model(x, capture=True)
+        everything = model(x, keep=torch.arange(TOKENS).expand(3, TOKENS)).logits
+        reused = model(x, keep=keep, tokens=full.embedded).logits
+    torch.testing.assert_close(pruned.logits, zeroed, atol=1e-5, rtol=0)
+    assert (pruned.logits - full.logits).abs().max() > 1e-3  # the pruned tokens mattered
+    torch.testing.assert_close(everything, full.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reused, pruned.logits, atol=1e-6, rtol=0)
+    # every block mixes the class token and the 4 kept tokens only, through F's kept columns
+    maps = pruned.attention
+    assert maps.mixing[0].shape == (3, 2, 5, 5) and maps.probabilities[0].shape == (3, 2, 5, 4)
+    F = model.blocks[0].attn.value_projection
+    torch.testing.assert_close(maps.projections[0][1, 0], F[:, [0, 2, 5, 6, 7]])
+
+
+def test_hybrid_prunes_its_signal_branch_its_video_branch_or_both():
+    model = tiny_hybrid()
+    method = et(model, signal_policy="prune")
+    view = downsample(batches(1)[0].clips, SIDE)
+    x, video_keep = signals(), torch.tensor([[0, 5, 6, 15], [1, 2, 3, 4], [7, 8, 9, 10]])
+    with torch.no_grad():
+        logits, outputs = method.forward(model, {"video": view, "signal": Pruned(x, SIGNAL_KEEP)})
+        with zeroed_keys_and_values(model.signal, SIGNAL_KEEP):
+            zeroed = model(view, x)
+        both, _ = method.forward(
+            model, {"video": Pruned(view, video_keep), "signal": Pruned(x, SIGNAL_KEEP)}
+        )
+        model.video.attention_gate = masked_gate("timesformer", model.video, video_keep)
+        try:
+            with zeroed_keys_and_values(model.signal, SIGNAL_KEEP):
+                masked = model(view, x).logits
+        finally:
+            model.video.attention_gate = None
+        full = model(view, x).logits
+    torch.testing.assert_close(outputs["signal"].logits, zeroed.branches["signal"].logits,
+                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(outputs["video"].logits, zeroed.branches["video"].logits)
+    torch.testing.assert_close(logits, zeroed.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both, masked, atol=1e-5, rtol=0)
+    assert (logits - full).abs().max() > 1e-4 and (both - logits).abs().max() > 1e-4
+
+
+def test_kept_time_tokens_are_the_top_ranked_ones_ties_in_the_seeded_occlusion_order():
+    relevance = torch.rand(3, TOKENS, generator=torch.Generator().manual_seed(0))
+    x = signals()
+    policy = get_window_policy("prune")
+    pruned = policy(x, relevance, keep=0.5)
+    assert isinstance(pruned, Pruned) and pruned.view is x and pruned.tokens is None
+    assert torch.equal(pruned.keep, relevance.argsort(1, descending=True)[:, :4].sort(1).values)
+    assert torch.equal(policy(x, relevance, keep=0.01).keep[:, 0], relevance.argmax(1))  # >= 1
+    assert torch.equal(policy(x, torch.ones(3, TOKENS), keep=0.5).keep,
+                       tie_order(torch.ones(3, TOKENS))[:, :4].sort(1).values)  # fmt: skip
+    # ET passes its `keep` to the signal's prune (and to no policy that does not take it)
+    method = et(tiny_signal(), signal_policy="prune", keep=0.25)
+    restricted = method.restrict({"signal": x}, {"signal": relevance})["signal"]
+    assert torch.equal(restricted.keep, relevance.argsort(1, descending=True)[:, :2].sort(1).values)
+
+
+def test_a_signal_model_that_cannot_prune_is_refused_at_config_time(monkeypatch):
+    """Every signal architecture here prunes: the refusal path is shown on the Linformer with its
+    `prunes` switched off (the one flag the config check and ET read)."""
+    prunes_all = search_params(compose("birds_signal", []), "et")
+    policy = next(p for p in prunes_all.params if p.path == "method.signal_policy")
+    assert "prune" in policy.candidates and prunes_all.left_out == []
+    monkeypatch.setattr(LinformerAdapter, "prunes", False)
+    monkeypatch.setattr(LinformerAdapter, "pruning", "switched off")
+    space = "space.et.method.signal_policy.choices=[soft,mask]"
+    message = (r"methods\.et: method\.signal_policy: model linformer cannot prune tokens "
+               r"\(switched off\); expected another signal policy, got 'prune'")  # fmt: skip
+    for experiment in ("birds_signal", "birds_hybrid"):
+        with pytest.raises(ConfigError, match=message):
+            validate_study(compose(experiment, ["methods.et.signal_policy=prune", space]))
+    searched = search_params(compose("birds_signal", []), "et")
+    (why,) = searched.left_out
+    assert why.startswith("space.et.method.signal_policy = 'prune'") and "linformer" in why
+    with pytest.raises(ValueError, match=r"method\.signal_policy: model linformer cannot prune"):
+        et(tiny_signal(), signal_policy="prune")
+
+
+def test_the_hybrid_refuses_the_policy_of_the_branch_that_cannot_prune():
+    swin = ["model@model.video=video_swin_t", "methods.et.crop_policy=prune",
+            "space.et.method.crop_policy.choices=[mask]"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"method\.crop_policy: model video_swin_t cannot prune"):
+        validate_study(compose("birds_hybrid", swin))
+    signal_only = [swin[0], "methods.et.signal_policy=prune", "methods.et.crop_policy=mask",
+                   "space.et.method.signal_policy.choices=[prune]", swin[2]]  # fmt: skip
+    validate_study(compose("birds_hybrid", signal_only))  # its Linformer prunes
+
+
+@pytest.mark.parametrize("kind", ["linformer", "hybrid"])
+def test_an_et_step_with_signal_prune_trains_only_on_the_kept_tokens(kind):
+    model = tiny_signal() if kind == "linformer" else tiny_hybrid()
+    method = et(model, signal_policy="prune", crop_policy="mask", keep=0.25)  # 2 of 8 tokens
+    generator = torch.Generator().manual_seed(3)
+    inputs = {"signal": signals(3, seed=4)}
+    if kind == "hybrid":
+        inputs["video"] = torch.rand(3, FRAMES, 3, 2 * SIDE, 2 * SIDE, generator=generator)
+    batch = Batch(inputs, torch.tensor([0, 1, 2]), torch.arange(3))
+    method.start_epoch(model, 0, lambda: iter([batch]))  # the explaining pass fills the cache
+    kept = torch.stack([method.relevance[i]["signal"] for i in range(3)])
+    kept = get_window_policy("prune")(inputs["signal"], kept, keep=0.25).keep
+    model.train()
+    loss, _ = method.loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    signal = model.branch("signal")
+    never = sorted(set(range(TOKENS)) - set(kept.flatten().tolist()))
+    assert len(never) >= 2  # 3 signals keep at most 6 of the 8 tokens
+    for block in signal.blocks:  # E, F get gradient at kept positions only (1 + t)
+        for projection in (block.attn.E, block.attn.F):
+            grad = projection.grad.abs().sum(0)
+            assert (grad[[1 + t for t in never]] == 0).all()
+            assert (grad[[1 + t for t in kept.flatten().unique().tolist()]] > 0).all()
+    assert (signal.pos_embed.grad[0, [1 + t for t in never]] == 0).all()
+    assert signal.patch_embed.stem[0].weight.grad.abs().sum() > 0
+    if kind == "hybrid":
+        assert model.video.model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_et_predicts_on_the_explained_signal_pruned_to_its_top_tokens():
+    model = tiny_signal()
+    method = et(model, signal_policy="prune")
+    x = signals()
+    batch = Batch({"signal": x}, torch.tensor([0, 1, 2]), torch.arange(3))
+    method.start_epoch(model, 0, lambda: iter([batch]))
+    with torch.no_grad():
+        relevance = explain_input(model, x, "rollout_fem").relevance
+        expected = model(x, keep=top_regions(relevance, 0.25)).logits
+        torch.testing.assert_close(method.predict(model, {"signal": x}), expected)

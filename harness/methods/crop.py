@@ -175,15 +175,21 @@ def no_crop(
     return _viewed(clips, size, view)
 
 
-def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
-    """int64 [B, k], ascending: each clip's ``k = max(1, round(keep * h * w))`` spatial patches of
-    highest ``mean_t r[:, t]`` (p = row * w + col), ties in the seeded random order of the
-    occlusion test (`tie_order`: never by position)."""
+def top_regions(scores: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
+    """int64 [B, k], ascending: each row's ``k = max(1, round(keep * P))`` regions of highest
+    ``scores`` [B, P], ties in the seeded random order of the occlusion test (`tie_order`: never
+    by position). ET's `prune` policy for every input (the signal's time tokens too)."""
     from harness.evaluate.occlusion import tie_order  # evaluate imports the methods
 
-    scores = relevance.detach().float().mean(1).flatten(1)  # [B, P]
+    scores = scores.detach().float()
     count = max(1, round(keep * scores.shape[1]))
     return tie_order(scores, generator)[:, :count].sort(1).values
+
+
+def top_patches(relevance: Tensor, keep: float, generator: torch.Generator | None = None) -> Tensor:
+    """int64 [B, k], ascending: each clip's `top_regions` of the spatial map ``mean_t r[:, t]``
+    (patch p = row * w + col)."""
+    return top_regions(relevance.float().mean(1).flatten(1), keep, generator)
 
 
 def prune_tokens(

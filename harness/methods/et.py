@@ -5,7 +5,9 @@ trained on the input restricted to it by a policy: for clips `crop_policy` (larg
 cropped from the full-resolution frames and resized, union box, mask, soft weighting, none, or
 `prune`: the model runs on the top `keep` share of its patch tokens only), for signals
 `signal_policy` (soft weighting by the relevance over time, the poster's reading; or the salient
-window cut out and resampled, union window, mask, none):
+window cut out and resampled, union window, mask, none, or `prune`: the model runs on the top
+`keep` share of its time tokens only); the hybrid takes both keys, one per input, so it prunes
+either input or both (one `keep` for both):
 
     every `refresh_every` epochs:  r_i = explain(model, view(x_i), target=y_i)   for all train x_i
     loss = L(model(restrict(x_i, r_i)), y_i) + full_input_weight * L(model(view(x_i)), y_i)
@@ -18,6 +20,13 @@ prediction on the whole input and then classifies the restricted input, so valid
 accuracy measure the pipeline the model was trained for. `full_input_weight` > 0 keeps the
 whole-input view in training too (0 is the poster's reading). `prune` is the poster's "input
 pruning [...] could reduce computation": the model's attention and MLP costs fall with `keep`.
+Each architecture's adapter says whether and how it prunes (`Adapter.prunes`, `pruning`):
+TimeSformer and Pool-T the same spatial patches in every frame (the pruned forward equals the full
+one with the pruned patches' attention masked out), the Linformer its time tokens with E and F
+reduced to the kept positions' columns (equal to the full forward with the pruned tokens' keys and
+values zeroed, harness/models/signal.py); Video Swin-T cannot (its shifted windows and patch
+merging need the whole grid): `prune` on an input whose architecture cannot prune is refused at
+config time (harness/config.py) and here, naming the model and the policy key.
 
 Which explanation each step uses, and how stale it can be:
 
@@ -35,8 +44,9 @@ Which explanation each step uses, and how stale it can be:
   give, and the pass is skipped. The gradient explainers (rollout_grad, tibav, gradcam,
   gradcam_pp) need the true class's score gradient, not the loss's: they always take the pass.
 * Prediction (`explain_at_test`): explained on the spot (no cache), one capturing forward of the
-  whole view; with `prune` the restricted forward reuses that forward's embedding of the clip
-  (`Explanation.embedded`) instead of embedding it again.
+  whole view (every input); with `prune` the restricted forward reuses that forward's embedding
+  of the clip or signal (`Explanation.embedded`) instead of embedding it again, so a prediction
+  costs one whole forward plus the pruned one.
 """
 
 from __future__ import annotations
@@ -68,8 +78,9 @@ class ET(TrainingMethod):
                     f"method.{adapter.policy_key}: unknown policy {policy!r}; expected one of: "
                     + ", ".join(adapter.policies)
                 )
-            if policy == "prune" and not adapter.adapter.prunes:
-                raise ValueError(prune_refusal(adapter.adapter.name, adapter.adapter.pruning))
+            reader = adapter.adapter
+            if policy == "prune" and not reader.prunes:
+                raise ValueError(prune_refusal(reader.name, reader.pruning, adapter.policy_key))
             self.policies[m] = policy
         self.refresh_every = int(self.cfg.get("refresh_every", 1))
         self.warmup_epochs = math.floor(float(self.cfg.get("warmup_fraction", 0.0)) * self.epochs)
@@ -169,9 +180,11 @@ class ET(TrainingMethod):
         return self.forward(model, restricted)[0]
 
 
-def prune_refusal(model: str, pruning: str) -> str:
-    """The error for `prune` on a model that cannot prune (config time and here)."""
+def prune_refusal(model: str, pruning: str, key: str) -> str:
+    """The error for `prune` as the policy `key` (crop_policy, signal_policy) on a model that
+    cannot prune (config time and here)."""
     return (
-        f"method.crop_policy: model {model} cannot prune tokens ({pruning}); expected another "
-        "crop policy, got 'prune' (a search: space.et.method.crop_policy.choices without prune)"
+        f"method.{key}: model {model} cannot prune tokens ({pruning}); expected another "
+        f"{key.replace('_', ' ')}, got 'prune' (a search: space.et.method.{key}.choices without "
+        "prune)"
     )

@@ -2,7 +2,8 @@
 counterparts of the video crop policies (harness/methods/crop.py), under the same names.
 
 Every policy maps signals ``[B, L, C]`` and a time-token relevance ``[B, n]`` (token t covers
-samples ``[t p, (t+1) p)``, ``p = L / n``) to model inputs ``[B, L, C]``:
+samples ``[t p, (t+1) p)``, ``p = L / n``) to model inputs ``[B, L, C]`` (``prune``: a `Pruned`
+one):
 
     soft            x * w,  w = relevance_over_time(r, L)     the ET poster's signal weighting:
                     the relevance interpolated to the samples and divided by its max
@@ -12,6 +13,9 @@ samples ``[t p, (t+1) p)``, ``p = L / n``) to model inputs ``[B, L, C]``:
     mask            x * 1[token salient] (non-salient samples set to 0, the training mean of
                     standardised signals)
     none            x
+    prune           the signal whole, run on its top ``keep`` share of time tokens only (a
+                    `Pruned` input: the model drops the other tokens, harness/models/signal.py),
+                    the same ranking as the video's `prune` (`top_regions`)
 
 Resampling a window changes the signal's time scale (an event's cycles per sample), unlike the
 video crop whose resize only changes the spatial scale the model reads at: where frequency is the
@@ -32,9 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.explain.signal import relevance_over_time
-from harness.methods.crop import salient_box, salient_cells
+from harness.methods.crop import salient_box, salient_cells, top_regions
+from harness.models.base import Pruned
 
-WindowPolicy = Callable[..., Tensor]  # (signals, relevance, *, threshold, margin) -> [B, L, C]
+# (signals, relevance, *, threshold, margin[, keep]) -> [B, L, C] (or Pruned)
+WindowPolicy = Callable[..., Tensor | Pruned]
 
 
 def salient_window(
@@ -86,12 +92,22 @@ def no_window(
     return signals
 
 
+def prune_tokens(
+    signals: Tensor, relevance: Tensor, *, threshold: float = 0.5, margin: float = 0.1,
+    keep: float = 0.5,
+) -> Pruned:  # fmt: skip
+    """The whole signal, to be run on its `top_regions` time tokens only (``keep`` share, at
+    least one): attention and MLP costs fall with ``keep``; nothing is resampled or zeroed."""
+    return Pruned(signals, top_regions(relevance, keep).to(signals.device))
+
+
 WINDOW_POLICIES: dict[str, WindowPolicy] = {
     "largest_region": partial(window_crop, region="largest"),
     "union_box": partial(window_crop, region="union"),
     "mask": mask_salient,
     "soft": soft_weight,
     "none": no_window,
+    "prune": prune_tokens,
 }
 
 

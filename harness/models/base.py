@@ -17,8 +17,10 @@ architecture is described to the harness:
   `model.grid`), what ET's restriction, the occlusion test and the galleries read;
 * `supervised_attention`: the attentions IFI supervises and their gradients;
 * `prunes` / `pruning`: whether the model runs on a subset of its input tokens (ET's `prune`
-  policy: `forward(x, keep=...)`, see `Pruned`) and how, or why it cannot (a model that cannot
-  refuses the policy at config time, harness/config.py).
+  policy, `crop_policy` for clips and `signal_policy` for signals: `forward(x, keep=...)`, see
+  `Pruned`) and how, or why it cannot (a model that cannot refuses the policy at config time,
+  harness/config.py); `reader`: the adapter of the architecture reading one input (the hybrid's
+  branches each answer for their own).
 
 The module itself keeps `modalities`, `branch` and `fuse` (`SingleInput` for one input) and a
 `forward(x, capture=False)` whose captured output carries `logits`, the attention the adapter reads
@@ -61,6 +63,11 @@ class Adapter:
     ) -> None:
         """Check model config `cfg` (at key `where`) against the data config, through `need`."""
 
+    def reader(self, cfg: Mapping[str, Any], modality: str) -> Adapter:
+        """The adapter of the architecture that reads input `modality` of a model of config
+        `cfg`: this one (a multi-input model: its branch's)."""
+        return self
+
     def supported(self, cfg: Mapping[str, Any]) -> tuple[str, ...]:
         """The explainers a model of config `cfg` can serve (default: `explainers`)."""
         return self.explainers
@@ -92,9 +99,9 @@ class Pruned:
     """A model input restricted to some of its tokens (ET's `prune` policy): the branch runs as
     `branch(view, keep=keep, tokens=tokens)`.
 
-    view: what the model would see of the whole input (clips [B, T, 3, S, S]);
+    view: what the model would see of the whole input (clips [B, T, 3, S, S], signals [B, L, C]);
     keep: int64 [B, k], ascending: the kept input regions of each sample (for clips the spatial
-    patches p = row * w + col, the same in every frame);
+    patches p = row * w + col, the same in every frame; for signals the time tokens t);
     tokens: the embedding of `view` from an earlier forward of the same model (the explaining
     forward's `embedded`), reused instead of embedding the view again; None: embed it."""
 

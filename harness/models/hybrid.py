@@ -33,7 +33,8 @@ class HybridOutput:
 
 class HybridAdapter(Adapter):
     """Two branches, each a model of its own architecture (`model.video`, `model.signal`), each
-    explained by its own adapter: the hybrid serves the explainers both branches serve."""
+    explained by its own adapter: the hybrid serves the explainers both branches serve, and each
+    branch prunes its input (ET's `crop_policy`, `signal_policy`) if its architecture can."""
 
     name = "hybrid"
     inputs = ("video", "signal")
@@ -54,6 +55,9 @@ class HybridAdapter(Adapter):
             need(adapter.inputs == (modality,), f"{where}.{modality}.name",
                  f"a model reading {modality} only")  # fmt: skip
             adapter.check(need, data, branch, f"{where}.{modality}")
+
+    def reader(self, cfg: Mapping[str, Any], modality: str) -> Adapter:
+        return adapter_of(cfg[modality], f"model.{modality}")
 
     def supported(self, cfg: Mapping[str, Any]) -> tuple[str, ...]:
         video, signal = (adapter_of(cfg[m]).supported(cfg[m]) for m in self.inputs)

@@ -57,6 +57,17 @@ dropout is applied, so the captured maps are exactly the ones that mixed the tok
 matrix, not row-stochastic: rowsum(M)_i = sum_k P[i, k] rowsum(F)_k, and its entries can be
 negative (see ``harness.explain.signal`` for how the explainers treat that). ``attention_gate``
 (harness/models/base.py), when set, re-weights each layer's P before it mixes the values.
+
+Pruned forward (ET's ``signal_policy=prune``, ``forward(x, keep=...)``). The tokens are embedded
+whole (stem, class token, positions), then only the class token and the kept time tokens S go on:
+every block runs on 1 + |S| tokens, its E and F reduced to their columns at the kept positions
+(E_S, F_S [k, 1 + |S|], gathered per sample), so the attention costs fall with the kept share and
+the class token reads kept tokens only. This is the full forward with the pruned tokens' keys and
+values zeroed in every layer: with Z the 0/1 diagonal of the kept positions, E (Z K) = E_S K_S and
+F (Z V) = F_S V_S, so every kept token's output is the same function of the kept tokens, and the
+pruned ones (zero keys and values, per-token norms and MLPs) never reach a kept one, nor the head.
+A projection slot all of whose positions are pruned keeps its softmax share (key 0, score 0) and
+gives the value 0: the zeroed reading, not a renormalisation over the remaining slots.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ __all__ = [
     "Mlp",
     "SignalOutput",
     "SignalTransformer",
+    "kept_columns",
     "mean_pooling_projection",
 ]
 
@@ -103,7 +115,8 @@ class LinformerAttentionMaps:
     """Every layer's Linformer attention, as the forward pass used it (first layer first).
 
     probabilities[l]: P  [B, H, N, k]  softmax over the k projected keys (rows sum to 1);
-    projections[l]:   F  [k, N]        the value projection (a parameter, shared by the heads);
+    projections[l]:   F  [k, N]        the value projection (a parameter, shared by the heads; on a
+                                       pruned forward its kept columns [B, 1, k, N'] per sample);
     mixing[l]:        M = P F  [B, H, N, N]  the token mixing: output i = sum_j M[i, j] v_j.
     Tokens: 0 is the class token, 1 + t is the t-th patch of time.
     """
@@ -137,6 +150,13 @@ class SignalOutput:
     # block's output: only its class token reaches the head, so the gradient on its time tokens
     # is zero (Grad-CAM would see nothing); the video model's convention too.
     features: Tensor | None = None
+    embedded: Tensor | None = None  # the embedding output [B, N, D] (before pruning)
+
+
+def kept_columns(matrix: Tensor, positions: Tensor) -> Tensor:
+    """A sequence projection [k, N] reduced to the columns of each sample's kept positions
+    `positions` [B, N']: [B, 1, k, N'] (heads on dim 1, broadcast)."""
+    return matrix[:, positions].movedim(1, 0)[:, None]
 
 
 class LinformerAttention(nn.Module):
@@ -193,17 +213,25 @@ class LinformerAttention(nn.Module):
         return self.E if self.F is None else self.F
 
     def forward(
-        self, x: Tensor, gate: Callable[[Tensor], Tensor] | None = None
+        self,
+        x: Tensor,
+        gate: Callable[[Tensor], Tensor] | None = None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, N, D] -> (out [B, N, D], P [B, H, N, k], M [B, H, N, N]); `gate` re-weights P."""
+        """x [B, N, D] -> (out [B, N, D], P [B, H, N, k], M [B, H, N, N]); `gate` re-weights P.
+        `positions` [B, N'] (a pruned forward): x holds the tokens at those positions only, and
+        E, F are reduced to their columns (the module docstring says why that is exact)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, d]
-        keys = self.E @ k  # [k, N] @ [B, H, N, d] -> [B, H, k, d]
+        E, F = self.E, self.value_projection
+        if positions is not None:
+            E, F = kept_columns(E, positions), kept_columns(F, positions)
+        keys = E @ k  # [k, N] @ [B, H, N, d] -> [B, H, k, d]
         p = ((q * self.scale) @ keys.transpose(-2, -1)).softmax(-1)  # [B, H, N, k]
         if gate is not None:
             p = gate(p)
-        m = p @ self.value_projection  # [B, H, N, N]
+        m = p @ F  # [B, H, N, N]
         out = (m @ v).transpose(1, 2).reshape(B, N, D)  # = P (F V)
         return self.proj_drop(self.proj(out)), p, m
 
@@ -245,10 +273,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
 
     def forward(
-        self, x: Tensor, gate: Callable[[Tensor], Tensor] | None = None
+        self,
+        x: Tensor,
+        gate: Callable[[Tensor], Tensor] | None = None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, N, D] -> (x' [B, N, D], P [B, H, N, k], M [B, H, N, N])."""
-        out, p, m = self.attn(self.norm1(x), gate)
+        """x [B, N, D] -> (x' [B, N, D], P [B, H, N, k], M [B, H, N, N]); `positions`: see
+        `LinformerAttention.forward`."""
+        out, p, m = self.attn(self.norm1(x), gate, positions)
         x = x + out
         x = x + self.mlp(self.norm2(x))
         return x, p, m
@@ -386,35 +418,57 @@ class SignalTransformer(SingleInput, nn.Module):
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)  # [B, N, D]
         return self.pos_drop(tokens + self.pos_embed)
 
-    def forward(self, x: Tensor, capture: bool = False) -> SignalOutput:
-        """x [B, L, C] -> logits [B, num_classes] (+ attention maps and features if capture)."""
-        h = self.tokenize(x)
+    def forward(
+        self,
+        x: Tensor,
+        capture: bool = False,
+        *,
+        keep: Tensor | None = None,
+        tokens: Tensor | None = None,
+    ) -> SignalOutput:
+        """x [B, L, C] -> logits [B, num_classes] (+ attention maps and features if capture).
+
+        `keep` (int64 [B, k], ascending; ET's `prune` policy): the time tokens the model runs on.
+        The other tokens (embedded, positions added, as in the full forward) are dropped before
+        the first block, and every block's E and F are reduced to the kept positions' columns:
+        the full forward with the pruned tokens' keys and values zeroed (module docstring); the
+        captured maps are then over the class token and the kept tokens. `tokens`: this signal's
+        embedding from an earlier forward (`SignalOutput.embedded`), used instead of embedding
+        `x` again.
+        """
+        h = embedded = self.tokenize(x) if tokens is None else tokens
+        positions = None
+        if keep is not None:  # the class token (position 0) and the kept time tokens 1 + t
+            positions = torch.cat([keep.new_zeros(len(keep), 1), keep + 1], 1)
+            h = h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
         probabilities: list[Tensor] = []
         mixing: list[Tensor] = []
         gate = self.attention_gate
         for i, block in enumerate(self.blocks):
             features = h
-            h, p, m = block(h, None if gate is None else functools.partial(gate, i))
+            h, p, m = block(h, None if gate is None else functools.partial(gate, i), positions)
             probabilities.append(p)
             mixing.append(m)
         logits = self.head(self.norm(h)[:, 0])
         if not capture:
             return SignalOutput(logits=logits)
-        maps = LinformerAttentionMaps(
-            probabilities=probabilities,
-            projections=[block.attn.value_projection for block in self.blocks],
-            mixing=mixing,
-        )
-        return SignalOutput(logits=logits, attention=maps, features=features)
+        projections = [block.attn.value_projection for block in self.blocks]
+        if positions is not None:
+            projections = [kept_columns(f, positions) for f in projections]
+        maps = LinformerAttentionMaps(probabilities, projections, mixing)
+        return SignalOutput(logits=logits, attention=maps, features=features, embedded=embedded)
 
 
 class LinformerAdapter(Adapter):
     """The Linformer to the harness: its mixing M = P F per block as the explainers' steps (the
     magnitude shares for the flow explainers, see harness/explain/signal.py), its class token read
-    out as it is, relevance per time patch, IFI on P (harness/methods/modality.py says why)."""
+    out as it is, relevance per time patch, IFI on P (harness/methods/modality.py says why); it
+    prunes time tokens (`SignalTransformer.forward`'s `keep`)."""
 
     name = "linformer"
     inputs = ("signal",)
+    prunes = True
+    pruning = "the kept time tokens, every block's E and F reduced to their positions' columns"
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         if cfg.get("channels") is None:  # from the data unless the config names it
