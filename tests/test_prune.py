@@ -306,7 +306,10 @@ def test_kept_time_tokens_are_the_top_ranked_ones_ties_in_the_seeded_occlusion_o
 def test_a_signal_model_that_cannot_prune_is_refused_at_config_time(monkeypatch):
     """Every signal architecture here prunes: the refusal path is shown on the Linformer with its
     `prunes` switched off (the one flag the config check and ET read)."""
-    prunes_all = search_params(compose("birds_signal", []), "et")
+    searching = ["space.et.method.signal_policy.choices=[soft,prune]",  # not in the default space
+                 "+space.et.method.keep={type: float, low: 0.25, high: 0.75, "
+                 "when: {method.signal_policy: prune}}"]  # fmt: skip
+    prunes_all = search_params(compose("birds_signal", searching), "et")
     policy = next(p for p in prunes_all.params if p.path == "method.signal_policy")
     assert "prune" in policy.candidates and prunes_all.left_out == []
     monkeypatch.setattr(LinformerAdapter, "prunes", False)
@@ -317,7 +320,7 @@ def test_a_signal_model_that_cannot_prune_is_refused_at_config_time(monkeypatch)
     for experiment in ("birds_signal", "birds_hybrid"):
         with pytest.raises(ConfigError, match=message):
             validate_study(compose(experiment, ["methods.et.signal_policy=prune", space]))
-    searched = search_params(compose("birds_signal", []), "et")
+    searched = search_params(compose("birds_signal", searching), "et")
     (why,) = searched.left_out
     assert why.startswith("space.et.method.signal_policy = 'prune'") and "linformer" in why
     with pytest.raises(ValueError, match=r"method\.signal_policy: model linformer cannot prune"):
