@@ -10,7 +10,7 @@ from PIL import Image
 
 from harness.config import compose, resolve_paths, trial_config
 from harness.evaluate import evaluate_occlusion, load_trained
-from harness.evaluate.__main__ import TABLE_COLUMNS, main
+from harness.evaluate.__main__ import main, table_columns
 from harness.explain import EXPLAINERS
 from harness.models import build_model
 
@@ -56,7 +56,7 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
     assert list(table["explainer"])[-1] == "motion_oracle"  # the reference row, no gap: last
     explainers, oracle = table.iloc[:-1], table.iloc[-1]
     assert sorted(explainers["explainer"]) == sorted(EXPLAINERS)  # random included
-    assert list(table.columns) == ["explainer", *TABLE_COLUMNS, "synthetic"]
+    assert list(table.columns) == ["explainer", *table_columns(["video"]), "synthetic"]
     assert explainers["gap"].is_monotonic_decreasing
     assert table["synthetic"].all()
     # ground truth for every row, the oracle's too; distinct values between 1 and the 16 tokens
@@ -75,7 +75,7 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
     assert "| random " in printed and printed.rstrip().endswith(markdown.rstrip()[-60:])
     points = pd.read_csv(output / "occlusion_curves.csv")
     assert sorted(points["level"].unique()) == [0.0, 0.5]
-    assert len(points) == len(EXPLAINERS) * 2 * 2
+    assert len(points) == len(EXPLAINERS) * 2 * 2 and set(points["input"]) == {"video"}
     # the 0% point is the model's accuracy, whatever the explainer
     assert points[points.level == 0.0]["accuracy"].nunique() == 1
     trends = pd.read_csv(output / "trends.csv")
