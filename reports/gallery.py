@@ -1,10 +1,9 @@
 """Explanation galleries: a few inputs with an explainer's relevance over them.
 
-`save_input_gallery`: a PNG of every input of a few samples (a clip: one row of frames with the
+`save_input_gallery`: a PNG of the inputs of a few samples (a clip: one row of frames with the
 heatmap over them; a signal: one panel, its channels over time on a band of its relevance per
-time token; a hybrid sample: its frames row above its signal row); `save_gallery` and
-`save_signal_gallery` are its video-only and signal-only forms; `save_clip_gif`: an animated GIF of
-one clip, its frames in turn with the heatmap over them.
+time token; a hybrid sample: its frames row above its signal row); `save_clip_gif`: an animated
+GIF of one clip, its frames in turn with the heatmap over them.
 """
 
 from __future__ import annotations
@@ -114,36 +113,6 @@ def save_input_gallery(
             elif len(names) > 1:
                 axes[0].set_ylabel(m, fontsize=6)
     return _save(fig, path, title)
-
-
-def save_gallery(
-    clips: torch.Tensor,
-    relevance: torch.Tensor,
-    labels: torch.Tensor,
-    predicted: torch.Tensor,
-    class_names: Sequence[str],
-    path: Path,
-    title: str = "",
-) -> Path:
-    """`save_input_gallery` of clips [B, T, 3, S, S] alone: one row per clip, one column per
-    frame, relevance [B, T, h, w] over each frame."""
-    return save_input_gallery({"video": clips}, {"video": relevance}, labels, predicted,
-                              class_names, path, title)  # fmt: skip
-
-
-def save_signal_gallery(
-    signals: torch.Tensor,
-    relevance: torch.Tensor,
-    labels: torch.Tensor,
-    predicted: torch.Tensor,
-    class_names: Sequence[str],
-    path: Path,
-    title: str = "",
-) -> Path:
-    """`save_input_gallery` of signals [B, L, C] alone: one panel per signal (channels as lines),
-    relevance [B, n] per time token as a heat band behind them."""
-    return save_input_gallery({"signal": signals}, {"signal": relevance}, labels, predicted,
-                              class_names, path, title)  # fmt: skip
 
 
 def save_clip_gif(
