@@ -191,6 +191,7 @@ def test_bad_sources_are_named(tmp_path, capsys):
     assert "not a .yaml file" in error(tmp_path / "notes.txt")
     assert "unknown explainer 'nope'" in error(tmp_path / "empty", "--explainers", "rollout,nope")
     assert "--regions" in error(tmp_path / "empty", "--regions", "2by2")
+    assert "--segments: expected an integer >= 1" in error(tmp_path / "empty", "--segments", "0")
     (tmp_path / "empty" / "model.pt").write_bytes(b"")
     assert "config.yaml: experiment: expected one of birds_hybrid" in error(tmp_path / "empty")
 
@@ -253,16 +254,33 @@ def tiny_modal_config(cache, experiment):
     return config, folder
 
 
+def evaluated(root, experiment, inputs):
+    """`python -m harness.evaluate` (random, rollout) on the tiny model of `experiment`; its
+    explainer table has the columns of `inputs`. Returns the config, the output folder, the
+    table and `occlusion(**kwargs)`: `evaluate_occlusion` of that model on the test split."""
+    config, folder = tiny_modal_config(root / "cache", experiment)
+    output = root / f"{experiment}_out"
+    assert main([str(folder), "--explainers", "random,rollout", "--output", str(output),
+                 "evaluation.occlusion_levels=[0.0,0.5]"]) == 0  # fmt: skip
+    table = pd.read_csv(output / "explainers.csv")
+    assert list(table.columns) == ["explainer", *table_columns(inputs), "synthetic"]
+    trained = load_trained(config, folder / "model.pt")
+
+    def occlusion(**kwargs):
+        return evaluate_occlusion(
+            trained.model, trained.method, trained.dataset, trained.dataset.indices("test"),
+            config["evaluation"], int(config["train"]["eval_batch_size"]),
+            seed=int(config["seed"]), **kwargs,
+        )  # fmt: skip
+
+    return config, output, table, trained, occlusion
+
+
 def test_a_signal_model_gets_curves_time_segment_trends_and_a_signal_gallery(workspace):
     from harness.evaluate.trends import class_mean_maps, segment_shares
 
     root, _, _ = workspace
-    config, folder = tiny_modal_config(root / "cache", "birds_signal")
-    output = root / "signal_out"
-    assert main([str(folder), "--explainers", "random,rollout", "--output", str(output),
-                 "evaluation.occlusion_levels=[0.0,0.5]"]) == 0  # fmt: skip
-    table = pd.read_csv(output / "explainers.csv")
-    assert list(table.columns) == ["explainer", *table_columns(["signal"]), "synthetic"]
+    _, output, table, trained, occlusion = evaluated(root, "birds_signal", ["signal"])
     assert "seed_morf_acc" not in table and table["energy_signal"].between(0, 1).all()
     assert table["distinct_signal"].between(1, 16).all()  # 16 time tokens
     points = pd.read_csv(output / "occlusion_curves.csv")
@@ -272,12 +290,8 @@ def test_a_signal_model_gets_curves_time_segment_trends_and_a_signal_gallery(wor
     trends = pd.read_csv(output / "signal_trends.csv").set_index(["explainer", "class"])
     segments = ["segment_1", "segment_2", "segment_3", "segment_4"]
     assert trends[segments].sum(axis=1).tolist() == pytest.approx([1.0] * 6)
-    trained = load_trained(config, folder / "model.pt")
     dataset = trained.dataset
-    result = evaluate_occlusion(trained.model, trained.method, dataset, dataset.indices("test"),
-                                config["evaluation"], int(config["train"]["eval_batch_size"]),
-                                explainer="random", seed=int(config["seed"]),
-                                keep_relevance=True)  # fmt: skip
+    result = occlusion(explainer="random", keep_relevance=True)
     labels = torch.from_numpy(dataset.labels[result.rows].astype("int64"))
     shares = segment_shares(class_mean_maps(result.relevance["signal"], labels, 3).double())
     for k, name in enumerate(dataset.class_names):
@@ -291,12 +305,7 @@ def test_a_signal_model_gets_curves_time_segment_trends_and_a_signal_gallery(wor
 
 def test_a_hybrid_model_gets_a_curve_per_input_and_the_joint_one(workspace):
     root, _, _ = workspace
-    config, folder = tiny_modal_config(root / "cache", "birds_hybrid")
-    output = root / "hybrid_out"
-    assert main([str(folder), "--explainers", "random,rollout", "--output", str(output),
-                 "evaluation.occlusion_levels=[0.0,0.5]"]) == 0  # fmt: skip
-    table = pd.read_csv(output / "explainers.csv")
-    assert list(table.columns) == ["explainer", *table_columns(["video", "signal"]), "synthetic"]
+    _, output, table, _, occlusion = evaluated(root, "birds_hybrid", ["video", "signal"])
     assert {"gap_video", "gap_signal", "mprt_spearman_signal", "seed_morf_acc"} <= set(table)
     rows = table.set_index("explainer")
     assert rows.loc["random", "mprt_spearman"] == max(
@@ -306,11 +315,7 @@ def test_a_hybrid_model_gets_a_curve_per_input_and_the_joint_one(workspace):
     assert points["input"].unique().tolist() == ["video+signal", "video", "signal"]
     # the 0% point: the clean accuracy whatever is occluded; the joint curve is the trials' own
     assert points[points.level == 0.0]["accuracy"].nunique() == 1
-    trained = load_trained(config, folder / "model.pt")
-    indices = trained.dataset.indices("test")
-    trial = evaluate_occlusion(trained.model, trained.method, trained.dataset, indices,
-                               config["evaluation"], int(config["train"]["eval_batch_size"]),
-                               explainer="rollout", seed=int(config["seed"]))  # fmt: skip
+    trial = occlusion(explainer="rollout")  # what a trial measures: no per-input curves
     joint = points[(points.explainer == "rollout") & (points.input == "video+signal")]
     assert joint[joint.direction == "morf"]["accuracy"].tolist() == trial.curve.morf_accuracy
     assert rows.loc["rollout", "morf_auc"] == pytest.approx(trial.curve.morf_auc)
