@@ -183,11 +183,13 @@ def plot_occlusion(curves: dict[str, dict[str, dict[str, SimpleNamespace]]], fol
     fig, axes = figure(len(rows), 2, height_per_row=2.0, sharex=True, sharey=True)
     for axes_row, (method, occluded, by_explainer) in zip(axes, rows):
         draw_occlusion_curves(axes_row, by_explainer, colours=colours, legend=False)
-        which = f" ({occluded} occluded)" if several else ""
         captions = ("MoRF (lower = more faithful)", "LeRF (higher = more faithful)")
+        if several:  # shorter: the figure's title says which way is faithful
+            captions = (f"{occluded} occluded, MoRF", f"{occluded} occluded, LeRF")
         for ax, caption in zip(axes_row, captions):
-            ax.set_title(f"{method}{which}: {caption}")
+            ax.set_title(f"{method}: {caption}")
             ax.legend(fontsize=6, loc="best")
-    return save_figure(fig, folder, "occlusion", "Occlusion test of the final models (test "
-                       "split, the same explainers for all)", synthetic,
-                       legend=False)  # fmt: skip
+    title = "Occlusion test of the final models (test split, the same explainers for all)"
+    if several:
+        title = "Occlusion of the final models (test split; MoRF lower, LeRF higher = faithful)"
+    return save_figure(fig, folder, "occlusion", title, synthetic, legend=False)
