@@ -307,7 +307,7 @@ def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, dev
     occlusion curves of the method's explainer and an explanation gallery of a few test inputs
     per modality (gallery_<explainer>.png for clips, signal_gallery_<explainer>.png for signals)."""
     from reports.curves import plot_occlusion_curves
-    from reports.gallery import save_gallery, save_signal_gallery
+    from reports.gallery import save_input_gallery
 
     eval_cfg = config["evaluation"]
     label = " (SYNTHETIC)" if dataset.synthetic else ""
@@ -327,14 +327,11 @@ def _save_artifacts(config, model, method, dataset, occlusion, folder: Path, dev
         predicted = method.predict(model, batch.inputs).argmax(1).cpu()
     views = method.view(batch.inputs)
     title = f"{method.name} / {method.explainer}{label}"
-    galleries = {
-        "video": (save_gallery, "gallery"),
-        "signal": (save_signal_gallery, "signal_gallery"),
-    }
-    for m, (save, stem) in galleries.items():
+    stems = {"video": "gallery", "signal": "signal_gallery"}
+    for m, stem in stems.items():
         if m in views:
-            save(
-                views[m].cpu(), relevance[m].cpu(), batch.labels.cpu(), predicted,
+            save_input_gallery(
+                {m: views[m].cpu()}, {m: relevance[m].cpu()}, batch.labels.cpu(), predicted,
                 dataset.class_names, folder / f"{stem}_{method.explainer}.png", title=title,
             )  # fmt: skip
 

@@ -5,10 +5,11 @@ Explanations: for each method, the final model of its lowest seed is evaluated b
 `harness.evaluate.evaluate_explainers` on the test split with one set of explainers for every
 method (like for like): the union of the methods' own explainers, plus `random`, the floor. Its
 outputs go to `report/models/<method>/` (explainer table, occlusion curves, per-class trends,
-galleries of the first `evaluation.gallery_clips` test clips, the same clips for every method);
+galleries of the first `evaluation.gallery_clips` test inputs, the same ones for every method);
 `models/<method>/source.json` records which checkpoint and explainers made them, so a rebuilt
-report reuses them unless the checkpoint or the explainers changed. The per-class trends and
-galleries are of video relevance: a signal-only study gets the accuracies only.
+report reuses them unless the checkpoint or the explainers changed. Video, signal and hybrid
+models alike: curves, trends and galleries are made per input the model reads (a hybrid's curves
+with both inputs occluded and with each alone; its gallery shows the frames above the signal).
 """
 
 from __future__ import annotations
@@ -128,17 +129,13 @@ def model_set(study: StudyFolder) -> ModelSet:
 def evaluate_models(models: ModelSet, folder: Path, explainers: Sequence[str] | None = None
                     ) -> dict[str, Path]:  # fmt: skip
     """Each method's model through `explainers` (default: `models.explainers`) into
-    folder/<method>/ (reused when source.json matches); returns method -> its folder. Video
-    models only (see the module docstring)."""
+    folder/<method>/ (reused when source.json matches); returns method -> its folder."""
     from harness.evaluate.__main__ import evaluate_explainers
-    from harness.models import model_inputs
 
     explainers = list(explainers or models.explainers)
     done = {}
     for method, run in models.runs.items():
         config = models.configs[method]
-        if "video" not in model_inputs(config["model"]):
-            continue
         output = folder / method
         source = {"checkpoint": str(run.checkpoint), "seed": run.seed, "explainers": explainers}
         stamp = output / SOURCE_FILE
@@ -153,36 +150,46 @@ def evaluate_models(models: ModelSet, folder: Path, explainers: Sequence[str] | 
     return done
 
 
-def read_curves(folder: Path) -> dict[str, SimpleNamespace]:
-    """explainer -> curve (levels, morf/lerf accuracy and probability) from the
-    occlusion_curves.csv that `evaluate_explainers` wrote in `folder`."""
+def read_curves(folder: Path) -> dict[str, dict[str, SimpleNamespace]]:
+    """What was occluded (an input, or every input: 'video+signal') -> explainer -> curve
+    (levels, morf/lerf accuracy and probability), from the occlusion_curves.csv that
+    `evaluate_explainers` wrote in `folder` (one without an `input` column is a video model's)."""
     points = pd.read_csv(folder / "occlusion_curves.csv")
-    curves = {}
-    for explainer, rows in points.groupby("explainer", sort=False):
+    if "input" not in points:
+        points = points.assign(input="video")
+    curves: dict[str, dict[str, SimpleNamespace]] = {}
+    for (occluded, explainer), rows in points.groupby(["input", "explainer"], sort=False):
         fields = {"levels": sorted(rows["level"].unique())}
         for direction, part in rows.groupby("direction"):
             part = part.sort_values("level")
             fields[f"{direction}_accuracy"] = list(part["accuracy"])
             fields[f"{direction}_probability"] = list(part["probability"])
-        curves[str(explainer)] = SimpleNamespace(**fields)
+        curves.setdefault(str(occluded), {})[str(explainer)] = SimpleNamespace(**fields)
     return curves
 
 
 @styled
-def plot_occlusion(curves: dict[str, dict[str, SimpleNamespace]], folder: Path,
+def plot_occlusion(curves: dict[str, dict[str, dict[str, SimpleNamespace]]], folder: Path,
                    synthetic: bool) -> list[Path]:  # fmt: skip
-    """occlusion.png|svg: a row per method (its model of the lowest seed), MoRF and LeRF
-    accuracy against the share of tokens occluded, one line per explainer (the same colour for
-    an explainer in every row), `random` dashed; every panel on the same axes."""
-    names = list(dict.fromkeys(e for c in curves.values() for e in c if e not in BASELINES))
+    """occlusion.png|svg: a row per method (its model of the lowest seed) and occluded input (a
+    hybrid: both inputs, then each alone), MoRF and LeRF accuracy against the share of tokens
+    occluded, one line per explainer (the same colour for an explainer in every row), `random`
+    dashed; every panel on the same axes."""
+    rows = [(method, occluded, by_explainer) for method, by_input in curves.items()
+            for occluded, by_explainer in by_input.items()]  # fmt: skip
+    names = list(dict.fromkeys(e for *_, c in rows for e in c if e not in BASELINES))
     colours = {name: i for i, name in enumerate(names)}
-    fig, axes = figure(len(curves), 2, height_per_row=2.0, sharex=True, sharey=True)
-    for row, (method, by_explainer) in zip(axes, curves.items()):
-        draw_occlusion_curves(row, by_explainer, colours=colours, legend=False)
+    several = any(len(by_input) > 1 for by_input in curves.values())
+    fig, axes = figure(len(rows), 2, height_per_row=2.0, sharex=True, sharey=True)
+    for axes_row, (method, occluded, by_explainer) in zip(axes, rows):
+        draw_occlusion_curves(axes_row, by_explainer, colours=colours, legend=False)
         captions = ("MoRF (lower = more faithful)", "LeRF (higher = more faithful)")
-        for ax, caption in zip(row, captions):
+        if several:  # shorter: the figure's title says which way is faithful
+            captions = (f"{occluded} occluded, MoRF", f"{occluded} occluded, LeRF")
+        for ax, caption in zip(axes_row, captions):
             ax.set_title(f"{method}: {caption}")
             ax.legend(fontsize=6, loc="best")
-    return save_figure(fig, folder, "occlusion", "Occlusion test of the final models (test "
-                       "split, the same explainers for all)", synthetic,
-                       legend=False)  # fmt: skip
+    title = "Occlusion test of the final models (test split, the same explainers for all)"
+    if several:
+        title = "Occlusion of the final models (test split; MoRF lower, LeRF higher = faithful)"
+    return save_figure(fig, folder, "occlusion", title, synthetic, legend=False)

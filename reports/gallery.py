@@ -1,13 +1,14 @@
-"""Explanation galleries: frames of a few clips with an explainer's relevance over them.
+"""Explanation galleries: a few inputs with an explainer's relevance over them.
 
-`save_gallery`: a PNG grid (one row per clip, one column per frame); `save_clip_gif`: an animated
-GIF of one clip, its frames in turn with the heatmap over them; `save_signal_gallery`: one panel
-per signal, its channels over time on a band of its relevance per time token.
+`save_input_gallery`: a PNG of the inputs of a few samples (a clip: one row of frames with the
+heatmap over them; a signal: one panel, its channels over time on a band of its relevance per
+time token; a hybrid sample: its frames row above its signal row); `save_clip_gif`: an animated
+GIF of one clip, its frames in turn with the heatmap over them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -38,57 +39,79 @@ def _save(fig, path: Path, title: str) -> Path:
     return path
 
 
-def save_gallery(
-    clips: torch.Tensor,
-    relevance: torch.Tensor,
-    labels: torch.Tensor,
-    predicted: torch.Tensor,
-    class_names: Sequence[str],
-    path: Path,
-    title: str = "",
-) -> Path:
-    """PNG grid: one row per clip [T, 3, S, S], one column per frame, relevance [T, h, w]
-    (normalised per clip, bilinearly upsampled) drawn over each frame."""
-    B, T, _, S, _ = clips.shape
-    heat = _heat(relevance, S)
-    fig, axes = plt.subplots(B, T, figsize=(1.4 * T, 1.5 * B + 0.4), squeeze=False)
-    for b in range(B):
-        for t in range(T):
-            ax = axes[b][t]
-            ax.imshow(clips[b, t].permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.imshow(heat[b, t].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        _label(axes[b][0], class_names, labels[b], predicted[b])
-    return _save(fig, path, title)
+ROW_HEIGHT = {"video": 1.5, "signal": 1.3}  # inches per gallery row of each input
 
 
-def save_signal_gallery(
-    signals: torch.Tensor,
-    relevance: torch.Tensor,
-    labels: torch.Tensor,
-    predicted: torch.Tensor,
-    class_names: Sequence[str],
-    path: Path,
-    title: str = "",
-) -> Path:
-    """PNG: one panel per signal [L, C] (channels as lines), relevance [n] per time token
-    (normalised per signal) as a heat band behind them."""
-    B, L, C = signals.shape
-    heat = relevance.float().clamp(min=0)
-    heat = heat / heat.amax(1, keepdim=True).clamp(min=1e-12)
-    fig, axes = plt.subplots(B, 1, figsize=(7, 1.3 * B + 0.4), squeeze=False)
-    for b in range(B):
-        ax = axes[b][0]
-        low, high = float(signals[b].min()), float(signals[b].max())
-        ax.imshow(
-            heat[b][None].numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, aspect="auto",
-            extent=(0, L, low, high), interpolation="nearest",
-        )  # fmt: skip
-        ax.plot(signals[b].numpy(), linewidth=0.6)
-        ax.set_xlim(0, L)
+def _draw_frames(axes: Sequence, clip: torch.Tensor, heat: torch.Tensor) -> None:
+    """Frame t of `clip` [T, 3, S, S] in axes[t], its heat [T, S, S] (in [0, 1]) over it."""
+    for t, ax in enumerate(axes):
+        ax.imshow(clip[t].permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.imshow(heat[t].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_xticks([])
         ax.set_yticks([])
-        _label(ax, class_names, labels[b], predicted[b])
+
+
+def _draw_signal(ax, signal: torch.Tensor, heat: torch.Tensor) -> None:
+    """The channels of `signal` [L, C] as lines over a band of its heat [n] per time token."""
+    length = signal.shape[0]
+    low, high = float(signal.min()), float(signal.max())
+    ax.imshow(
+        heat[None].numpy(), cmap="jet", alpha=0.35, vmin=0, vmax=1, aspect="auto",
+        extent=(0, length, low, high), interpolation="nearest",
+    )  # fmt: skip
+    ax.plot(signal.numpy(), linewidth=0.6)
+    ax.set_xlim(0, length)
+    ax.set_yticks([])
+
+
+def _signal_heat(relevance: torch.Tensor) -> torch.Tensor:
+    """[B, n] -> [B, n]: negative relevance clipped to 0, each signal divided by its max."""
+    heat = relevance.float().clamp(min=0)
+    return heat / heat.amax(1, keepdim=True).clamp(min=1e-12)
+
+
+def save_input_gallery(
+    inputs: Mapping[str, torch.Tensor],
+    relevance: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    class_names: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """PNG: for each sample, one row per input (video first): clips [B, T, 3, S, S] one panel per
+    frame with relevance [B, T, h, w] over it (normalised per clip, bilinearly upsampled);
+    signals [B, L, C] one panel across the row, channels as lines on a heat band of relevance
+    [B, n] per time token (normalised per signal). Each sample's first row is labelled with its
+    true and predicted class."""
+    names = [m for m in ("video", "signal") if m in inputs]
+    if not names or set(inputs) - set(names) or set(names) - set(relevance):
+        raise ValueError(f"expected video and/or signal inputs with their relevance, got inputs "
+                         f"{sorted(inputs)} and relevance {sorted(relevance)}")  # fmt: skip
+    B = len(labels)
+    frames = int(inputs["video"].shape[1]) if "video" in inputs else 1
+    heats = {}
+    if "video" in inputs:
+        heats["video"] = _heat(relevance["video"], int(inputs["video"].shape[-1]))
+    if "signal" in inputs:
+        heats["signal"] = _signal_heat(relevance["signal"])
+    width = max(1.4 * frames if "video" in inputs else 0.0, 7.0 if "signal" in inputs else 0.0)
+    height = B * sum(ROW_HEIGHT[m] for m in names) + 0.4
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(B * len(names), frames)
+    for b in range(B):
+        for i, m in enumerate(names):
+            row = b * len(names) + i
+            if m == "video":
+                axes = [fig.add_subplot(grid[row, t]) for t in range(frames)]
+                _draw_frames(axes, inputs[m][b], heats[m][b])
+            else:
+                axes = [fig.add_subplot(grid[row, :])]
+                _draw_signal(axes[0], inputs[m][b], heats[m][b])
+            if i == 0:
+                _label(axes[0], class_names, labels[b], predicted[b])
+            elif len(names) > 1:
+                axes[0].set_ylabel(m, fontsize=6)
     return _save(fig, path, title)
 
 

@@ -10,7 +10,7 @@ without running a trial.
   importance.csv              fANOVA and PED-ANOVA importance of each knob (reports/importance.py)
   models/<method>/            each method's final model through the same explainers
                               (reports/final_runs.py): explainers.md, occlusion curves, trends,
-                              galleries
+                              galleries, per input (video, signal, both for a hybrid)
 A partial study (an interrupted one) gets what its finished parts allow, and the page says which
 stages are missing.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.evaluate.__main__ import INPUT_PREFIX, input_file
 from reports.final_runs import (
     accuracy_intervals,
     evaluate_models,
@@ -182,25 +183,33 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
         return []
     if not folders:
         page.add("Explanations of the final models",
-                 "<p class='note'>Occlusion curves, galleries and per-class trends are of video "
-                 "relevance; this study's models read no video.</p>")  # fmt: skip
+                 "<p class='note'>No final model has been explained yet (python -m "
+                 f"harness.report {esc(study.folder)} explains them).</p>")  # fmt: skip
         return []
     seeds = ", ".join(f"{m} seed {models.runs[m].seed}" for m in folders)
     curves = {m: read_curves(folder) for m, folder in folders.items()}
     figures = plot_occlusion(curves, report / "figures", study.synthetic)
-    names = list(dict.fromkeys(e for c in curves.values() for e in c))
+    names = list(dict.fromkeys(e for c in curves.values() for by in c.values() for e in by))
+    inputs = [m for m in INPUT_PREFIX if any(
+        (folder / f"{input_file('trends', m)}.csv").is_file() for folder in folders.values())]
+    several = ""
+    if any(len(c) > 1 for c in curves.values()):
+        several = ("<p class='note'>Hybrid models: a row with both inputs occluded (each by its "
+                   "own relevance, at the same share), then a row per input occluded alone, the "
+                   "other left whole.</p>")  # fmt: skip
     tables = []
     for method, folder in folders.items():
         table = pd.read_csv(folder / "explainers.csv").drop(columns=["synthetic"], errors="ignore")
         tables.append(f"<h3>{esc(method)}</h3>" + table_html(table))
     page.add(
         "Occlusion test of the final models",
-        image_html(_rel(figures[0], report), "MoRF and LeRF accuracy, one row per method"),
+        image_html(_rel(figures[0], report), "MoRF and LeRF accuracy, one row per method and "
+                   "occluded input"),
         f"<p class='note'>Each method's final model ({esc(seeds)}) on the test split, every "
         "method through the same explainers (random: the floor; a faithful explainer falls "
         "faster than it under MoRF and slower under LeRF). One model per method: the spread "
         "over seeds is not shown here; the comparison table has each method's own explainer "
-        "over all seeds.</p>", *tables,
+        "over all seeds.</p>", several, *tables,
     )  # fmt: skip
     cells = []
     for method, folder in folders.items():
@@ -208,24 +217,37 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
             path = folder / "galleries" / f"{name}.png"
             if path.is_file():
                 cells.append(image_html(_rel(path, report), f"{method} / {name}"))
+    rows = {"video": "a clip's frames (columns) with the heat of the explainer's relevance over "
+                     "them", "signal": "a signal's channels (lines) over time on a band of its "
+                                       "relevance per time token"}  # fmt: skip
+    gifs = (" Animated clips: models/&lt;method&gt;/galleries/*.gif." if "video" in inputs
+            else "")  # fmt: skip
     page.add(
-        "Gallery: the same test clips, every method and explainer",
-        "<p class='note'>Rows of each image: the first test clips (true → predicted class); "
-        "columns: frames; heat: the explainer's relevance of the predicted class. Animated "
-        "clips: models/&lt;method&gt;/galleries/*.gif.</p>", grid_html(cells, len(names)),
+        "Gallery: the same test inputs, every method and explainer",
+        "<p class='note'>Each image: the first test samples (true → predicted class); per "
+        f"sample {'; then '.join(rows[m] for m in inputs)}; relevance of the predicted class, "
+        f"normalised per sample.{gifs}</p>", grid_html(cells, len(names)),
     )  # fmt: skip
     trend_parts = []
+    reading = {"video": "the mean of the clips' normalised maps, frame by frame, and its share "
+                        "per frame (dashed: uniform)",
+               "signal": "the mean of the signals' normalised maps per time token, and its share "
+                         "per time segment (dotted: the segment borders; dashed: uniform)"}
     for method, folder in folders.items():
-        pngs = {name: folder / "trends" / f"{name}.png" for name in names}
-        trend_cells = [image_html(_rel(p, report), n) for n, p in pngs.items() if p.is_file()]
-        trend_parts.append(f"<h3>{esc(method)}</h3>" + grid_html(trend_cells, 2)
-                           + f"<p class='note'><a href='{esc(_rel(folder, report))}/trends.md'>"
-                           "trends.md</a>: share of relevance per class, region and frame.</p>")
+        for m in inputs:
+            pngs = {name: folder / "trends" / f"{input_file(name, m)}.png" for name in names}
+            trend_cells = [image_html(_rel(p, report), n) for n, p in pngs.items() if p.is_file()]
+            markdown = f"{_rel(folder, report)}/{input_file('trends', m)}.md"
+            what = "region and frame" if m == "video" else "time segment"
+            trend_parts.append(
+                f"<h3>{esc(method)}: {m}</h3>" + grid_html(trend_cells, 2)
+                + f"<p class='note'><a href='{esc(markdown)}'>{esc(input_file('trends', m))}.md"
+                f"</a>: share of relevance per class and {what}.</p>"
+            )  # fmt: skip
     page.add(
-        "Per-class trends of the explanations (video)",
-        "<p class='note'>Per class (true class of the test clips), the mean of the clips' "
-        "normalised maps, frame by frame, and its share per frame (dashed: uniform).</p>",
-        *trend_parts,
+        f"Per-class trends of the explanations ({', '.join(inputs)})",
+        f"<p class='note'>Per class (true class of the test samples): "
+        f"{'; '.join(f'{m}: {reading[m]}' for m in inputs)}.</p>", *trend_parts,
     )  # fmt: skip
     return figures
 

@@ -1,9 +1,12 @@
-"""Per-class trends of explanations (see `harness.evaluate.trends`): tables and a figure.
+"""Per-class trends of explanations (see `harness.evaluate.trends`): tables and a figure, for
+either input: the class-mean maps decide which (video [K, T, h, w], signal [K, n]).
 
 `trend_table` makes one explainer's table (one row per class: its clips, its share of relevance per
-region of the frame, per frame); `write_trends` writes the tables of several explainers as one
-Markdown file and one CSV; `plot_class_trends` draws one explainer's class-mean maps (one row per
-class: the mean map of each frame as a heatmap, then a bar chart of the frame shares).
+region of the frame and per frame, or per time segment of the signal); `write_trends` writes the
+tables of several explainers as one Markdown file and one CSV; `plot_class_trends` draws one
+explainer's class-mean maps (one row per class: video: the mean map of each frame as a heatmap,
+signal: the mean relevance per time token as a curve; then a bar chart of the frame or segment
+shares).
 
 On face crops (CREMA-D, the 001 seed): `face_trend_table` (per explainer and class, the share of
 relevance on the eyes, nose, mouth and the rest of the face crop), `write_face_trends`
@@ -31,11 +34,16 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from harness.evaluate.trends import (  # noqa: E402
     FACE_REGION_NAMES,
     FACE_REGIONS,
+    SIGNAL_SEGMENTS,
     face_region_areas,
     face_region_shares,
     frame_shares,
     region_names,
     region_shares,
+    segment_index,
+    segment_names,
+    segment_shares,
+    segment_token_shares,
 )
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA: built-in generator, not a real dataset."
@@ -50,17 +58,27 @@ def trend_table(
     class_names: Sequence[str],
     counts: Sequence[int],
     regions: tuple[int, int] = (2, 2),
+    segments: int = SIGNAL_SEGMENTS,
 ) -> pd.DataFrame:
-    """One row per class: `class`, `clips`, the share per region (columns named by
-    `region_names`, e.g. top-left), the share per frame (`frame_1`, ...)."""
-    by_region = region_shares(maps.double(), regions).numpy()
-    by_frame = frame_shares(maps.double()).numpy()
+    """One row per class: `class`, `clips`, then for video maps [K, T, h, w] the share per region
+    (columns named by `region_names`, e.g. top-left) and per frame (`frame_1`, ...), for signal
+    maps [K, n] the share per time segment (`segment_1`, ...)."""
     table = pd.DataFrame({"class": list(class_names), "clips": [int(c) for c in counts]})
-    for j, name in enumerate(region_names(regions)):
-        table[name] = by_region[:, j]
-    for t in range(by_frame.shape[1]):
-        table[frame_column(t)] = by_frame[:, t]
+    if maps.dim() == 2:
+        shares = {"signal": (segment_names(segments), segment_shares(maps.double(), segments))}
+    else:
+        by_frame = frame_shares(maps.double())
+        shares = {"regions": (region_names(regions), region_shares(maps.double(), regions)),
+                  "frames": ([frame_column(t) for t in range(by_frame.shape[1])], by_frame)}
+    for names, values in shares.values():
+        for j, name in enumerate(names):
+            table[name] = values[:, j].numpy()
     return table
+
+
+#: The share columns of a trend table, by prefix, and what the Markdown calls them (the rest of
+#: its columns after class and clips are regions of the frame)
+SHARE_GROUPS = {"frame_": "frame", "segment_": "time segment"}
 
 
 def _markdown(table: pd.DataFrame, columns: list[str], rename: Mapping[str, str]) -> str:
@@ -88,16 +106,24 @@ def write_trends(
         "",
         "Each clip's map is normalised to sum 1 (negative relevance clipped to 0), then the clips "
         "of each class are averaged; shares are of that class-mean map (rows sum to 1). Regions: "
-        "a grid over the frame's patch grid, a patch belonging to the region holding its centre.",
+        "a grid over the frame's patch grid, a patch belonging to the region holding its centre; "
+        "time segments: the signal's window cut into consecutive parts, a time token belonging to "
+        "the segment holding its centre (a uniform map gives each segment its share of the "
+        "tokens).",
         "",
     ]
     for explainer, table in tables.items():
-        frames = [c for c in table.columns if c.startswith("frame_")]
-        regions = [c for c in table.columns if c not in ("class", "clips", *frames)]
-        lines += [f"## {explainer}", "", "Share of relevance per region:", ""]
-        lines += [_markdown(table, regions, {}), "", "Share of relevance per frame:", ""]
-        rename = {c: c.replace("frame_", "frame ") for c in frames}
-        lines += [_markdown(table, frames, rename), ""]
+        grouped = {p: [c for c in table.columns if c.startswith(p)] for p in SHARE_GROUPS}
+        regions = [c for c in table.columns
+                   if c not in ("class", "clips", *sum(grouped.values(), []))]  # fmt: skip
+        lines += [f"## {explainer}", ""]
+        if regions:
+            lines += ["Share of relevance per region:", "", _markdown(table, regions, {}), ""]
+        for prefix, columns in grouped.items():
+            if columns:
+                rename = {c: c.replace(prefix, prefix[:-1] + " ") for c in columns}
+                lines += [f"Share of relevance per {SHARE_GROUPS[prefix]}:", "",
+                          _markdown(table, columns, rename), ""]  # fmt: skip
     paths = {"md": folder / f"{stem}.md", "csv": folder / f"{stem}.csv"}
     paths["md"].write_text("\n".join(lines))
     stacked = pd.concat(
@@ -125,53 +151,76 @@ def plot_class_trends(
     path: Path,
     title: str = "",
     counts: Sequence[int] | None = None,
+    segments: int = SIGNAL_SEGMENTS,
 ) -> Path:
-    """One row per class: the class-mean map [T, h, w] of each frame as a heatmap, frames side by
-    side (one colour scale for the whole figure, so classes and frames compare), then a bar chart
-    of its frame shares (dashed: uniform)."""
-    K, T, h, w = maps.shape
+    """One row per class: the class-mean map (one scale for the whole figure, so classes compare),
+    then a bar chart of its shares (dashed: what a uniform map gets). Video maps [K, T, h, w]:
+    the map of each frame as a heatmap, frames side by side, and the frame shares; signal maps
+    [K, n]: the relevance per time token as a curve (dotted: the segment borders), and the shares
+    of the `segments` time segments."""
+    signal = maps.dim() == 2
     values = maps.double().numpy()
     finite = values[np.isfinite(values)]
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    shares = frame_shares(maps.double()).numpy()
+    if signal:
+        K, n = maps.shape
+        shares = segment_shares(maps.double(), segments).numpy()
+        uniform = segment_token_shares(n, segments).numpy()
+        strip_width, unit = 6.0, "segment"
+        borders = np.flatnonzero(np.diff(segment_index(n, segments).numpy())) + 0.5
+    else:
+        K, T, h, w = maps.shape
+        shares = frame_shares(maps.double()).numpy()
+        uniform = np.full(T, 1 / T)
+        strip_width, unit = T * (w + 1) / max(h, 1), "frame"  # aspect of a row's heatmap strip
+        centres = [t * (w + 1) + (w - 1) / 2 for t in range(T)]
     top = float(np.nanmax(shares)) if np.isfinite(shares).any() else 0.0
-    strip_width = T * (w + 1) / max(h, 1)  # aspect of a row's heatmap strip
+    bars = np.arange(1, shares.shape[1] + 1)
     fig, axes = plt.subplots(
         K, 2, squeeze=False, figsize=(min(1.0 * strip_width + 3.2, 16), 1.1 * K + 0.8),
         gridspec_kw={"width_ratios": [strip_width, 1.6]},
     )  # fmt: skip
     cmap = plt.get_cmap("magma").with_extremes(bad="white")
     image = None
-    centres = [t * (w + 1) + (w - 1) / 2 for t in range(T)]
     for k in range(K):
         ax = axes[k][0]
-        image = ax.imshow(_strip(values[k]), cmap=cmap, vmin=0, vmax=vmax)
-        ax.set_yticks([])
-        ax.set_xticks(centres if k == K - 1 else [])
-        ax.set_xticklabels([str(t + 1) for t in range(T)] if k == K - 1 else [], fontsize=6)
+        last = k == K - 1
+        if signal:
+            ax.fill_between(np.arange(n), values[k], color="tab:orange", alpha=0.35, step="mid")
+            ax.plot(np.arange(n), values[k], color="tab:orange", drawstyle="steps-mid")
+            for border in borders:
+                ax.axvline(border, color="0.5", linewidth=0.6, linestyle=":")
+            ax.set_xlim(-0.5, n - 0.5)
+            ax.set_ylim(0, vmax * 1.1)
+            ax.tick_params(labelsize=6, labelbottom=last)
+        else:
+            image = ax.imshow(_strip(values[k]), cmap=cmap, vmin=0, vmax=vmax)
+            ax.set_yticks([])
+            ax.set_xticks(centres if last else [])
+            ax.set_xticklabels([str(t + 1) for t in range(T)] if last else [], fontsize=6)
         label = textwrap.fill(class_names[k].replace("_", " "), 14)
         label += f"\n({counts[k]} clips)" if counts is not None else ""
         ax.set_ylabel(label, fontsize=7)
         bar = axes[k][1]
-        bar.bar(np.arange(1, T + 1), shares[k], color="tab:blue")
-        bar.axhline(1 / T, color="0.4", linewidth=0.8, linestyle="--")
-        bar.set_ylim(0, max(top, 1 / T) * 1.15)
-        bar.set_xticks(np.arange(1, T + 1))
+        bar.bar(bars, shares[k], color="tab:blue")
+        bar.step(np.r_[bars - 0.5, bars[-1] + 0.5], np.r_[uniform, uniform[-1]], where="post",
+                 color="0.4", linewidth=0.8, linestyle="--")  # fmt: skip
+        bar.set_ylim(0, max(top, float(uniform.max())) * 1.15)
+        bar.set_xticks(bars)
         bar.tick_params(labelsize=6)
-    axes[K - 1][0].set_xlabel("frame (class-mean share of relevance per patch)", fontsize=7)
-    axes[K - 1][1].set_xlabel("frame", fontsize=7)
-    axes[0][1].set_title("frame shares (-- uniform)", fontsize=7)
+    axes[K - 1][0].set_xlabel(
+        "time token (class-mean share of relevance per token)" if signal
+        else "frame (class-mean share of relevance per patch)", fontsize=7,
+    )  # fmt: skip
+    axes[K - 1][1].set_xlabel(unit, fontsize=7)
+    axes[0][1].set_title(f"{unit} shares (-- uniform)", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(left=0.1, right=0.88, top=1 - 0.45 / fig.get_figheight(), bottom=0.12,
                         wspace=0.15, hspace=0.25)  # fmt: skip
     if image is not None:
         colourbar = fig.colorbar(image, cax=fig.add_axes([0.9, 0.15, 0.015, 0.7]))
         colourbar.ax.tick_params(labelsize=6)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- facial regions

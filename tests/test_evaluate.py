@@ -1,7 +1,10 @@
 """`python -m harness.evaluate`: every explainer on a trained model (a tiny one, on tiny synthetic
-data), from a model folder, a config YAML and an MLflow run; the explainer option of
-`evaluate_occlusion`; messages for bad sources."""
+data), from a model folder, a config YAML and an MLflow run, for video, signal and hybrid models;
+the explainer and per-input options of `evaluate_occlusion`; messages for bad sources."""
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,7 +13,7 @@ from PIL import Image
 
 from harness.config import compose, resolve_paths, trial_config
 from harness.evaluate import evaluate_occlusion, load_trained
-from harness.evaluate.__main__ import TABLE_COLUMNS, main
+from harness.evaluate.__main__ import main, table_columns
 from harness.explain import EXPLAINERS
 from harness.models import build_model
 
@@ -56,7 +59,7 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
     assert list(table["explainer"])[-1] == "motion_oracle"  # the reference row, no gap: last
     explainers, oracle = table.iloc[:-1], table.iloc[-1]
     assert sorted(explainers["explainer"]) == sorted(EXPLAINERS)  # random included
-    assert list(table.columns) == ["explainer", *TABLE_COLUMNS, "synthetic"]
+    assert list(table.columns) == ["explainer", *table_columns(["video"]), "synthetic"]
     assert explainers["gap"].is_monotonic_decreasing
     assert table["synthetic"].all()
     # ground truth for every row, the oracle's too; distinct values between 1 and the 16 tokens
@@ -75,7 +78,7 @@ def test_every_explainer_from_a_model_folder(workspace, capsys):
     assert "| random " in printed and printed.rstrip().endswith(markdown.rstrip()[-60:])
     points = pd.read_csv(output / "occlusion_curves.csv")
     assert sorted(points["level"].unique()) == [0.0, 0.5]
-    assert len(points) == len(EXPLAINERS) * 2 * 2
+    assert len(points) == len(EXPLAINERS) * 2 * 2 and set(points["input"]) == {"video"}
     # the 0% point is the model's accuracy, whatever the explainer
     assert points[points.level == 0.0]["accuracy"].nunique() == 1
     trends = pd.read_csv(output / "trends.csv")
@@ -188,6 +191,7 @@ def test_bad_sources_are_named(tmp_path, capsys):
     assert "not a .yaml file" in error(tmp_path / "notes.txt")
     assert "unknown explainer 'nope'" in error(tmp_path / "empty", "--explainers", "rollout,nope")
     assert "--regions" in error(tmp_path / "empty", "--regions", "2by2")
+    assert "--segments: expected an integer >= 1" in error(tmp_path / "empty", "--segments", "0")
     (tmp_path / "empty" / "model.pt").write_bytes(b"")
     assert "config.yaml: experiment: expected one of birds_hybrid" in error(tmp_path / "empty")
 
@@ -196,10 +200,6 @@ def test_a_planted_salient_token_is_found_where_it_is(workspace):
     """The pipeline's wiring: a "model" that is right only while the pixels of token (frame 1,
     row 1, col 0) are intact, explained by an oracle that marks that token: MoRF loses it at once,
     LeRF never; random sits between. Checks that relevance [T, h, w] lands on the right pixels."""
-    import dataclasses
-
-    import numpy as np
-
     from harness.methods.vanilla import Vanilla
 
     root, config, folder = workspace
@@ -227,3 +227,138 @@ def test_a_planted_salient_token_is_found_where_it_is(workspace):
     assert (oracle.seed_morf_accuracy, oracle.seed_lerf_accuracy) == (0.0, 1.0)
     random = evaluate_occlusion(trained.model, method, dataset, indices, cfg, 4, explainer="random")
     assert oracle.curve.gap == 0.75 > random.curve.gap  # AUCs 0.25 and 1
+
+
+SIGNAL_TINY = ["hidden_size=16", "num_layers=1", "num_heads=2"]
+VIDEO_TINY = ["image_size=16", "hidden_size=16", "num_layers=1", "num_heads=2", "num_frames=4"]
+
+
+def tiny_modal_config(cache, experiment):
+    """A tiny birds_signal (Linformer) or birds_hybrid (TimeSformer + Linformer) trial config."""
+    if experiment == "birds_signal":
+        model = [f"model.{o}" for o in SIGNAL_TINY]
+    else:
+        model = [f"model.signal.{o}" for o in SIGNAL_TINY]
+        model += [f"model.video.{o}" for o in VIDEO_TINY]
+    video = [o for o in TINY if o.startswith(("data.", "evaluation.", "train."))]
+    cfg = compose(experiment, [f"data.cache_dir={cache}", *video, *model,
+                               "evaluation.gallery_clips=2"])  # fmt: skip
+    resolve_paths(cfg)
+    config = trial_config(cfg, "vanilla")
+    folder = cache.parent / experiment
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    trained_model = build_model(config["model"], 3, 6)  # the synthetic signals' 6 channels
+    torch.save(trained_model.state_dict(), folder / "model.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config, folder
+
+
+def evaluated(root, experiment, inputs):
+    """`python -m harness.evaluate` (random, rollout) on the tiny model of `experiment`; its
+    explainer table has the columns of `inputs`. Returns the config, the output folder, the
+    table and `occlusion(**kwargs)`: `evaluate_occlusion` of that model on the test split."""
+    config, folder = tiny_modal_config(root / "cache", experiment)
+    output = root / f"{experiment}_out"
+    assert main([str(folder), "--explainers", "random,rollout", "--output", str(output),
+                 "evaluation.occlusion_levels=[0.0,0.5]"]) == 0  # fmt: skip
+    table = pd.read_csv(output / "explainers.csv")
+    assert list(table.columns) == ["explainer", *table_columns(inputs), "synthetic"]
+    trained = load_trained(config, folder / "model.pt")
+
+    def occlusion(**kwargs):
+        return evaluate_occlusion(
+            trained.model, trained.method, trained.dataset, trained.dataset.indices("test"),
+            config["evaluation"], int(config["train"]["eval_batch_size"]),
+            seed=int(config["seed"]), **kwargs,
+        )  # fmt: skip
+
+    return config, output, table, trained, occlusion
+
+
+def test_a_signal_model_gets_curves_time_segment_trends_and_a_signal_gallery(workspace):
+    from harness.evaluate.trends import class_mean_maps, segment_shares
+
+    root, _, _ = workspace
+    _, output, table, trained, occlusion = evaluated(root, "birds_signal", ["signal"])
+    assert "seed_morf_acc" not in table and table["energy_signal"].between(0, 1).all()
+    assert table["distinct_signal"].between(1, 16).all()  # 16 time tokens
+    points = pd.read_csv(output / "occlusion_curves.csv")
+    assert set(points["input"]) == {"signal"} and len(points) == 2 * 2 * 2
+    # the signal trends: quarters of the window, each class's shares from the maps the
+    # occlusion test used (the same seeded random relevance)
+    trends = pd.read_csv(output / "signal_trends.csv").set_index(["explainer", "class"])
+    segments = ["segment_1", "segment_2", "segment_3", "segment_4"]
+    assert trends[segments].sum(axis=1).tolist() == pytest.approx([1.0] * 6)
+    dataset = trained.dataset
+    result = occlusion(explainer="random", keep_relevance=True)
+    labels = torch.from_numpy(dataset.labels[result.rows].astype("int64"))
+    shares = segment_shares(class_mean_maps(result.relevance["signal"], labels, 3).double())
+    for k, name in enumerate(dataset.class_names):
+        assert trends.loc[("random", name), segments].tolist() == pytest.approx(shares[k].tolist())
+    assert "Share of relevance per time segment" in (output / "signal_trends.md").read_text()
+    for name in ("random", "rollout"):
+        assert (output / "trends" / f"signal_{name}.png").is_file()
+        assert (output / "galleries" / f"{name}.png").is_file()
+    assert not list(output.glob("galleries/*.gif")) and not (output / "trends.csv").exists()
+
+
+def test_a_hybrid_model_gets_a_curve_per_input_and_the_joint_one(workspace):
+    root, _, _ = workspace
+    _, output, table, _, occlusion = evaluated(root, "birds_hybrid", ["video", "signal"])
+    assert {"gap_video", "gap_signal", "mprt_spearman_signal", "seed_morf_acc"} <= set(table)
+    rows = table.set_index("explainer")
+    assert rows.loc["random", "mprt_spearman"] == max(
+        rows.loc["random", "mprt_spearman_video"], rows.loc["random", "mprt_spearman_signal"]
+    )
+    points = pd.read_csv(output / "occlusion_curves.csv")
+    assert points["input"].unique().tolist() == ["video+signal", "video", "signal"]
+    # the 0% point: the clean accuracy whatever is occluded; the joint curve is the trials' own
+    assert points[points.level == 0.0]["accuracy"].nunique() == 1
+    trial = occlusion(explainer="rollout")  # what a trial measures: no per-input curves
+    joint = points[(points.explainer == "rollout") & (points.input == "video+signal")]
+    assert joint[joint.direction == "morf"]["accuracy"].tolist() == trial.curve.morf_accuracy
+    assert rows.loc["rollout", "morf_auc"] == pytest.approx(trial.curve.morf_auc)
+    for name in ("trends.csv", "signal_trends.csv", "occlusion_curves_video.png",
+                 "occlusion_curves_signal.png", "trends/rollout.png", "trends/signal_rollout.png",
+                 "galleries/rollout.png", "galleries/rollout_clip1.gif"):  # fmt: skip
+        assert (output / name).is_file(), name
+
+
+def test_a_planted_signal_token_moves_only_the_curves_that_occlude_the_signal(workspace):
+    """A hybrid "model" right only while signal token 3 is intact, explained by an oracle that
+    marks that token (and a video token the model ignores): with the signal occluded (alone or
+    with the video) MoRF loses it at once and LeRF never; with the video alone occluded both
+    stay right."""
+    from harness.methods.vanilla import Vanilla
+
+    root, _, _ = workspace
+    config, folder = tiny_modal_config(root / "cache", "birds_hybrid")
+    trained = load_trained(config, folder / "model.pt")
+    T, h, w = trained.method.modalities["video"].grid
+    video, signal = torch.zeros(T, h, w), torch.zeros(16)
+    video[0, 0, 0], signal[3] = 1.0, 1.0
+
+    class Planted(Vanilla):
+        def predict(self, model, inputs):  # token 3 = samples 48-63 of the 256 (zero fill)
+            intact = inputs["signal"][:, 48:64].abs().amax(dim=(1, 2)) > 0
+            return torch.stack([intact.float(), (~intact).float()], 1) * 10
+
+        def explain(self, model, inputs, target=None, **kwargs):
+            n = len(inputs["signal"])
+            return {"video": video.expand(n, -1, -1, -1), "signal": signal.expand(n, -1)}
+
+    dataset = dataclasses.replace(trained.dataset, labels=np.zeros_like(trained.dataset.labels))
+    method = Planted({"name": "vanilla"}, modalities=trained.method.modalities, epochs=1)
+    cfg = dict(config["evaluation"], occlusion_levels=[0.0, 0.25])
+    result = evaluate_occlusion(trained.model, method, dataset, dataset.indices("test"), cfg, 4,
+                                per_input=True)  # fmt: skip
+    assert result.curve.morf_accuracy == [1.0, 0.0] and result.curve.lerf_accuracy == [1.0, 1.0]
+    assert result.by_input["signal"].morf_accuracy == [1.0, 0.0]
+    assert result.by_input["signal"].lerf_accuracy == [1.0, 1.0]
+    assert result.by_input["video"].morf_accuracy == [1.0, 1.0]
+    assert result.by_input["video"].lerf_accuracy == [1.0, 1.0]
+    assert (result.by_input["signal"].gap, result.by_input["video"].gap) == (0.5, 0.0)  # AUCs
+    # without per_input: the same joint curve, no per-input curves
+    plain = evaluate_occlusion(trained.model, method, dataset, dataset.indices("test"), cfg, 4)
+    assert plain.as_metrics() == result.as_metrics() and plain.by_input == {}

@@ -1,18 +1,24 @@
 """birds_signal and birds_hybrid smoke studies through the real stack (Hydra, local Ray with
-2 CPUs, Optuna, MLflow in a temporary store), on the synthetic pairs."""
+2 CPUs, Optuna, MLflow in a temporary store), on the synthetic pairs; their report pages with the
+final models' explanations per input, in a real browser."""
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 METHODS = ("vanilla", "ifi", "et")
 GALLERIES = {"birds_signal": {"signal_gallery_"}, "birds_hybrid": {"signal_gallery_", "gallery_"}}
+INPUTS = {"birds_signal": ["signal"], "birds_hybrid": ["video", "signal"]}
+CURVES = {"birds_signal": ["signal"], "birds_hybrid": ["video+signal", "video", "signal"]}
+TEST_CLIPS = 4 * 4  # data.synthetic.test_per_class=4, 4 classes
 
 
 @pytest.fixture(scope="module", params=["birds_signal", "birds_hybrid"])
@@ -62,3 +68,66 @@ def test_each_trial_run_has_metrics_and_its_modalities_galleries(study):
     artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}
     for stem in GALLERIES[experiment]:
         assert any(a.startswith(stem) for a in artifacts), (stem, artifacts)
+
+
+def test_report_explains_the_final_models_of_every_input(study):
+    """Each method's final model through the same explainers, per input: the explainer table's
+    columns, the curves (a hybrid's joint one and one per input), the signal trends, the
+    galleries, all on the page; the numbers are the study's own where both measure the same."""
+    from harness.evaluate.__main__ import input_file, table_columns
+
+    experiment, out = study
+    report = out / "report"
+    comparison = pd.read_csv(report / "comparison.csv").set_index("method")
+    faithfulness = pd.read_csv(report / "faithfulness.csv")
+    page = (report / "index.html").read_text()
+    assert "Occlusion test of the final models" in page
+    assert f"Per-class trends of the explanations ({', '.join(INPUTS[experiment])})" in page
+    segments = [f"segment_{s}" for s in (1, 2, 3, 4)]
+    for method in METHODS:
+        folder = report / "models" / method
+        table = pd.read_csv(folder / "explainers.csv").set_index("explainer")
+        assert list(table.columns) == [*table_columns(INPUTS[experiment]), "synthetic"]
+        points = pd.read_csv(folder / "occlusion_curves.csv")
+        assert points["input"].unique().tolist() == CURVES[experiment]
+        assert points[points.level == 0.0]["accuracy"].nunique() == 1  # the clean accuracy
+        config = yaml.safe_load((out / "best" / f"{method}.yaml").read_text())
+        own = config["method"].get("explainer", config["evaluation"]["explainer"])
+        # the joint curve of the method's own explainer is the final trial's occlusion test
+        for column in ("morf_auc", "lerf_auc"):
+            assert table.loc[own, column] == pytest.approx(
+                comparison.loc[method, f"occ_{column}"], abs=1e-9
+            )
+        # vanilla and IFI predict by the plain forward: their `random` row is the like-for-like
+        # test of the same maps (one final seed: the mean over seeds is that seed's)
+        if method != "et":
+            ff = faithfulness[faithfulness.method == method].set_index("explainer")
+            for column in ("morf_auc", "lerf_auc", "morf_prob_auc", "lerf_prob_auc",
+                           "energy_signal", "hit_signal"):  # fmt: skip
+                assert table.loc["random", column] == pytest.approx(ff.loc["random", column])
+        explainers = table.index[table["morf_auc"].notna()]  # not the motion oracle (video)
+        trends = pd.read_csv(folder / "signal_trends.csv")
+        assert trends[segments].sum(axis=1).tolist() == pytest.approx([1.0] * len(trends))
+        assert (trends.groupby("explainer")["clips"].sum() == TEST_CLIPS).all()
+        assert set(trends["explainer"]) == set(explainers) and trends["synthetic"].all()
+        assert (folder / "trends.csv").is_file() == ("video" in INPUTS[experiment])
+        for name in explainers:
+            trend_pngs = [f"trends/{input_file(name, m)}.png" for m in INPUTS[experiment]]
+            for path in [f"galleries/{name}.png", *trend_pngs]:
+                assert (folder / path).is_file() and f"models/{method}/{path}" in page, path
+    svg = (report / "figures" / "occlusion.svg").read_text()
+    assert "SYNTHETIC DATA" in svg
+    assert ("signal occluded, LeRF" in svg) == (experiment == "birds_hybrid")
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it",
+)
+def test_report_page_with_signal_figures_opens_in_chromium(study):
+    from _browser import check_page
+
+    _, out = study
+    check = check_page(out / "report" / "index.html")
+    assert check.errors == [] and check.broken_images == []
+    assert check.images >= len(list((out / "report").glob("models/*/galleries/*.png")))

@@ -1,5 +1,5 @@
-"""Per-class trends: class-mean maps, region and frame shares against hand computations; the
-trend tables and figures; the GIF gallery and the occlusion-curve figure."""
+"""Per-class trends: class-mean maps, region, frame and signal time-segment shares against hand
+computations; the trend tables and figures; the galleries and the occlusion-curve figure."""
 
 import math
 
@@ -15,9 +15,13 @@ from harness.evaluate.trends import (
     parse_regions,
     region_names,
     region_shares,
+    segment_index,
+    segment_names,
+    segment_shares,
+    segment_token_shares,
 )
 from reports.curves import plot_occlusion_curves
-from reports.gallery import save_clip_gif
+from reports.gallery import save_clip_gif, save_input_gallery
 from reports.trends import plot_class_trends, trend_table, write_trends
 
 
@@ -105,6 +109,72 @@ def test_trend_tables_and_figures(tmp_path):
     assert stacked["synthetic"].all()
     figure = plot_class_trends(maps, ["a", "b", "c"], tmp_path / "t" / "x.png", "T", [4, 2, 0])
     assert figure.stat().st_size > 0
+
+
+def test_signal_segment_shares_by_hand():
+    # 6 time tokens into 4 segments by centre: floor((2i + 1) * 4 / 12) = 0, 1, 1, 2, 3, 3
+    assert segment_index(6, 4).tolist() == [0, 1, 1, 2, 3, 3]
+    maps = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0, 0.0, 0.0, 0.0, 0.0, 7.0]])
+    torch.testing.assert_close(
+        segment_shares(maps, 4), torch.tensor([[1 / 21, 5 / 21, 4 / 21, 11 / 21], [0, 0, 0, 1.0]])
+    )
+    torch.testing.assert_close(segment_token_shares(6, 4),
+                               torch.tensor([1, 2, 1, 2], dtype=torch.float64) / 6)  # fmt: skip
+    # the synthetic signals' 16 tokens: quarters of 4 tokens; one segment: everything
+    assert segment_token_shares(16).tolist() == [0.25] * 4
+    assert segment_shares(maps, 1).tolist() == [[1.0], [1.0]]
+    assert segment_names(3) == ["segment_1", "segment_2", "segment_3"]
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="between 1 and the 6 time tokens"):
+            segment_shares(maps, bad)
+    with pytest.raises(ValueError, match=r"\[K, n\]"):
+        segment_shares(maps[None], 2)
+
+
+def test_planted_signal_relevance_trends(tmp_path):
+    # 8 time tokens, background 1; class 0 plants +8 on tokens 0-1 (segment 1 of 4), class 1 on
+    # tokens 6-7 (segment 4); class 2 is flat. Per clip: total 24, the planted segment
+    # (2 + 16) / 24 = 0.75, the others 2 / 24
+    relevance = torch.ones(4, 8)
+    relevance[0, :2] += 8
+    relevance[1, :2] += 8
+    relevance[2, 6:] += 8
+    relevance[1] *= 3.0  # the scale of a clip does not matter
+    labels = torch.tensor([0, 0, 1, 2])
+    maps = class_mean_maps(relevance, labels, 3)
+    assert maps.shape == (3, 8)
+    torch.testing.assert_close(maps[0], torch.tensor([9, 9, 1, 1, 1, 1, 1, 1]) / 24.0)
+    table = trend_table(maps, ["a", "b", "c"], [2, 1, 1], segments=4)
+    assert list(table.columns) == ["class", "clips", *segment_names(4)]
+    rest = 2 / 24
+    assert table.loc[0, "segment_1":].tolist() == pytest.approx([0.75, rest, rest, rest])
+    assert table.loc[1, "segment_1":].tolist() == pytest.approx([rest, rest, rest, 0.75])
+    assert table.loc[2, "segment_1":].tolist() == pytest.approx([0.25] * 4)
+    paths = write_trends({"x": table}, tmp_path, "T", synthetic=True, stem="signal_trends")
+    text = paths["md"].read_text()
+    assert "Share of relevance per time segment" in text and "segment 4" in text
+    assert "per region" not in text and "per frame" not in text
+    assert pd.read_csv(paths["csv"])["segment_1"].tolist() == pytest.approx([0.75, rest, 0.25])
+    figure = plot_class_trends(maps, ["a", "b", "c"], tmp_path / "s.png", "T", [2, 1, 1], 4)
+    assert Image.open(figure).size[0] > 0
+
+
+def test_the_gallery_of_every_input(tmp_path):
+    """A hybrid sample: a row of frames over its signal row; signal or video alone; inputs
+    without relevance are refused."""
+    clips, signals = torch.rand(2, 3, 3, 12, 12), torch.randn(2, 32, 3)
+    relevance = {"video": torch.rand(2, 3, 2, 2), "signal": torch.rand(2, 4)}
+    labels, names = torch.tensor([0, 1]), ["a", "b"]
+    sizes = {}
+    for inputs in ({"video": clips, "signal": signals}, {"video": clips}, {"signal": signals}):
+        path = tmp_path / f"{'_'.join(inputs)}.png"
+        save_input_gallery(inputs, relevance, labels, labels, names, path, "t (SYNTHETIC)")
+        sizes[tuple(inputs)] = Image.open(path).size
+    # the hybrid's figure is as tall as its two rows per sample
+    assert sizes[("video", "signal")][1] > max(sizes[("video",)][1], sizes[("signal",)][1])
+    with pytest.raises(ValueError, match="relevance"):
+        save_input_gallery({"signal": signals}, {"video": relevance["video"]}, labels, labels,
+                           names, tmp_path / "bad.png")  # fmt: skip
 
 
 def test_clip_gif_has_one_frame_per_clip_frame(tmp_path):

@@ -7,7 +7,9 @@ least relevant first (LeRF); report both curves, their areas and the gap, plus t
 method's whole prediction pipeline runs on it (for ET: explain, crop, classify), so the curve at 0%
 is the method's test accuracy. Relevance comes from the unoccluded clip, explaining the predicted
 class. Signals are occluded per time token the same way (no seed protocol: it is a video
-protocol); the hybrid has both inputs occluded, each by its own branch's relevance, at each level.
+protocol); the hybrid has both inputs occluded, each by its own branch's relevance, at each level
+(the joint curve), and with `per_input` also one input at a time, the other left whole (one curve
+per input: which input's relevance the model's decision follows).
 
 Any explainer can be put to the test on a trained method (`evaluate_occlusion(...,
 explainer="tibav")`): its maps are computed on the method's view of the clip, while the predictions
@@ -72,6 +74,9 @@ class OcclusionResult:
     # Per input: the mean number of distinct values of a clip's map, and the tokens per map
     distinct: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
+    # Per input, the curve with only that input occluded (with `per_input=True`; a single-input
+    # model's is `curve` itself)
+    by_input: dict[str, OcclusionCurve] = field(default_factory=dict)
 
     def as_metrics(self, prefix: str = "occ") -> dict[str, float]:
         """The curve's metrics, ``{prefix}_distinct_<input>`` (mean distinct values of a map;
@@ -137,6 +142,7 @@ def evaluate_occlusion(
     seed: int = 0,
     keep_relevance: bool = False,
     plain: bool = False,
+    per_input: bool = False,
 ) -> OcclusionResult:
     """Occlusion curves (and, for video, the seed protocol) on `indices`.
 
@@ -147,7 +153,9 @@ def evaluate_occlusion(
     the whole inputs (`plain_predict`: the same protocol for every method). Each input loses the
     same share of its tokens; ties in random order, averaged over `cfg["tie_draws"]` draws (from a
     generator seeded with `seed`; see harness/evaluate/occlusion.py). `keep_relevance`: return the
-    maps and their rows too (for trends and galleries).
+    maps and their rows too (for trends and galleries). `per_input`: also a curve per input with
+    only that input occluded (`by_input`; the same maps; its tie orders from a generator of its
+    own, so the joint curve is the same with or without it).
     """
     model.eval()
     levels: Sequence[float] = [float(x) for x in cfg["occlusion_levels"]]
@@ -156,12 +164,15 @@ def evaluate_occlusion(
     tie_draws = int(cfg.get("tie_draws", 1))
     generator = torch.Generator().manual_seed(int(seed)) if explainer == "random" else None
     ties = torch.Generator().manual_seed(int(seed) + TIE_SEED_OFFSET)
+    input_ties = torch.Generator().manual_seed(int(seed) + TIE_SEED_OFFSET + 1)
+    separate = per_input and len(method.modalities) > 1
 
     def predict_proba(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.set_grad_enabled(not plain):  # ET's pipeline explains before it predicts
             return _logits(method, model, inputs, plain).detach().softmax(-1)
 
     curves, seed_morf, seed_lerf = [], 0.0, 0.0
+    input_curves: dict[str, list[OcclusionCurve]] = {}
     distinct: dict[str, float] = {}
     kept: dict[str, list[torch.Tensor]] = {}
     rows = []
@@ -180,6 +191,11 @@ def evaluate_occlusion(
             predict_proba, batch.inputs, batch.labels, maps, occlude, levels,
             tie_draws=tie_draws, generator=ties,
         ))  # fmt: skip
+        for m in maps if separate else ():
+            input_curves.setdefault(m, []).append(occlusion_curve(
+                predict_proba, batch.inputs, batch.labels, {m: maps[m]}, occlude, levels,
+                tie_draws=tie_draws, generator=input_ties,
+            ))  # fmt: skip
         if "video" in maps:
             morf, lerf = seed_protocol_accuracy(
                 predict_proba, batch.labels, maps["video"].flatten(2),
@@ -195,14 +211,20 @@ def evaluate_occlusion(
             rows.append(batch.index.cpu().numpy())
     n = max(len(indices), 1)
     video = "video" in method.modalities
+    curve = OcclusionCurve.merge(curves)
+    if separate:
+        by_input = {m: OcclusionCurve.merge(parts) for m, parts in input_curves.items()}
+    else:
+        by_input = {m: curve for m in method.modalities} if per_input else {}
     return OcclusionResult(
-        OcclusionCurve.merge(curves),
+        curve,
         seed_morf / n if video else None,
         seed_lerf / n if video else None,
         relevance={m: torch.cat(r) for m, r in kept.items()} if keep_relevance else None,
         rows=np.concatenate(rows) if rows else None,
         distinct={m: total / n for m, total in distinct.items()},
         tokens={m: int(r[0].numel()) for m, r in maps.items()} if len(indices) else {},
+        by_input=by_input,
     )
 
 

@@ -2,7 +2,11 @@
 
     python -m harness.evaluate SOURCE [key=value ...] [--explainers a,b,...] [--output DIR]
                                [--split test|val] [--batch-size N] [--regions RxC]
-                               [--tracking-uri URI]
+                               [--segments N] [--tracking-uri URI]
+
+Video, signal and hybrid (video + signal) models alike: every output is made per input the model
+reads, by one code path parameterised by the input (video relevance per (frame, patch) token,
+signal relevance per time token).
 
 SOURCE is
   * a trained-model folder holding model.pt and config.yaml (`python -m harness.train X.yaml
@@ -18,16 +22,28 @@ parameters (k, heads). Output (default <model folder>/evaluation; for runs:/ out
 <run_id>):
 
   explainers.md|.csv      one row per explainer, by gap: MoRF/LeRF accuracy AUCs, gap, target-
-                          class probability AUCs, the 001 seed's protocol (30% patches + 2 frames),
-                          seconds
-  occlusion_curves.png    MoRF and LeRF accuracy vs share occluded, one line per explainer
-  occlusion_curves.csv    every curve point: explainer, direction, level, accuracy, probability
-  trends.md|.csv          per explainer, per class: share of relevance per region and per frame
-  trends/<explainer>.png  per class: the mean map of each frame, and the frame shares
+                          class probability AUCs (every input occluded), the 001 seed's protocol
+                          (30% patches + 2 frames; video), per input its distinct values and
+                          ground truth (and, on the hybrid, gap_<input>: only that input
+                          occluded), MPRT, seconds
+  occlusion_curves.png    MoRF and LeRF accuracy vs share occluded, one line per explainer (every
+                          input occluded); occlusion_curves_<input>.png on the hybrid: one input
+  occlusion_curves.csv    every curve point: explainer, input (what was occluded: video, signal,
+                          or video+signal on the hybrid), direction, level, accuracy, probability
+  trends.md|.csv          video: per explainer, per class: share of relevance per region and frame
+  signal_trends.md|.csv   signal: per explainer, per class: share of relevance per time segment
+                          (--segments, default 4: quarters of the window; harness/evaluate/
+                          trends.py)
+  trends/<explainer>.png, trends/signal_<explainer>.png   per class: the mean map of each frame
+                          and the frame shares; the mean relevance per time token and the segment
+                          shares
   face_trends.md|.csv|_<method>.png, face_maps_<method>.png   face-cropped data
                           (data.face_crop.enabled): per explainer, per class, the share of
                           relevance on the eyes, nose, mouth and rest; the class-mean maps
-  galleries/<explainer>.png, galleries/<explainer>_clip<i>.gif   the first evaluation.gallery_clips
+  galleries/<explainer>.png   the first evaluation.gallery_clips test samples: each clip's frames
+                          with the heatmap, each signal's channels on a band of its relevance
+                          (hybrid: the frames row above the signal row)
+  galleries/<explainer>_clip<i>.gif   the same clips animated (video)
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ import pandas as pd
 import torch
 
 from harness.evaluate.occlusion import DEFAULT_LEVELS
+from harness.evaluate.trends import SIGNAL_SEGMENTS
 from harness.explain import EXPLAINERS
 
 RUN_PREFIX = "runs:/"
@@ -60,15 +77,33 @@ OCCLUSION_COLUMNS = (
     "seed_morf_acc",
     "seed_lerf_acc",
 )
-TABLE_COLUMNS = (
-    *OCCLUSION_COLUMNS,
-    "distinct_video",
-    "energy_video",
-    "hit_video",
-    "mprt_spearman",
-    "mprt_flag",
-    "seconds",
-)
+VIDEO_ONLY_COLUMNS = ("seed_morf_acc", "seed_lerf_acc")  # the 001 seed's protocol
+INPUT_PREFIX = {"video": "", "signal": "signal_"}  # per-input output files: trends.md, ...
+
+
+def input_file(name: str, modality: str) -> str:
+    """The file of input `modality` among an evaluation's outputs (video: `name` itself, the
+    files of a video model; signal: signal_<name>), e.g. trends.md, signal_trends.md."""
+    return INPUT_PREFIX[modality] + name
+
+
+def joint_input(inputs: Sequence[str]) -> str:
+    """The name of the curve with every input occluded: 'video', 'signal', 'video+signal'."""
+    return "+".join(inputs)
+
+
+def table_columns(inputs: Sequence[str]) -> list[str]:
+    """The explainer table's columns after `explainer` for a model reading `inputs`: the
+    occlusion columns of every input occluded (the seed protocol's with video), per input its
+    gap alone (`gap_<input>`, several inputs only), distinct values and ground truth, MPRT
+    (`mprt_spearman`, per input too with several), seconds."""
+    several = len(inputs) > 1
+    columns = [c for c in OCCLUSION_COLUMNS if "video" in inputs or c not in VIDEO_ONLY_COLUMNS]
+    for m in inputs:
+        columns += [f"gap_{m}"] * several + [f"distinct_{m}", f"energy_{m}", f"hit_{m}"]
+    columns += ["mprt_spearman", *(f"mprt_spearman_{m}" for m in inputs if several)]
+    return [*columns, "mprt_flag", "seconds"]
+
 EXPECTED = (
     "expected a trained-model folder holding model.pt and config.yaml, a trial config YAML, "
     "or runs:/<run_id> with --tracking-uri"
@@ -182,98 +217,151 @@ def _title(method: str, split: str, clips: int, synthetic: bool) -> str:
 
 def _explainer_row(
     name: str, result: Any, accuracy: float, ground_truth: Mapping[str, float],
-    mprt: float, seconds: float,
+    mprt: Mapping[str, float], seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
+    """One explainer's row (see `table_columns`); `mprt`: input -> mean rank correlation."""
     from harness.evaluate.sanity import MPRT_THRESHOLD
 
     metrics = result.as_metrics("occ")
+    inputs = list(result.distinct)
     row: dict[str, Any] = {"explainer": name}
     for column in OCCLUSION_COLUMNS:
-        if column != "gap_rel":
+        if column != "gap_rel" and f"occ_{column}" in metrics:
             row[column] = float(metrics[f"occ_{column}"])
     row["gap_rel"] = row["gap"] / accuracy if accuracy > 0 else float("nan")
-    row["distinct_video"] = float(metrics["occ_distinct_video"])
-    row.update({k: ground_truth.get(k, float("nan")) for k in ("energy_video", "hit_video")})
-    row["mprt_spearman"] = mprt
-    row["mprt_flag"] = "fails" if mprt >= MPRT_THRESHOLD else "passes" if mprt == mprt else "n/a"
+    for m in inputs:
+        if len(inputs) > 1:
+            row[f"gap_{m}"] = result.by_input[m].gap
+        row[f"distinct_{m}"] = float(metrics[f"occ_distinct_{m}"])
+        row.update({k: ground_truth.get(k, float("nan")) for k in (f"energy_{m}", f"hit_{m}")})
+    values = [v for v in mprt.values() if v == v]
+    row["mprt_spearman"] = max(values) if values else float("nan")  # the least model-bound input
+    if len(inputs) > 1:
+        row.update({f"mprt_spearman_{m}": v for m, v in mprt.items()})
+    worst = row["mprt_spearman"]
+    row["mprt_flag"] = "fails" if worst >= MPRT_THRESHOLD else "passes" if worst == worst else "n/a"
     row["seconds"] = seconds
     return row
 
 
-def explainer_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def explainer_table(rows: Sequence[Mapping[str, Any]], inputs: Sequence[str]) -> pd.DataFrame:
     """Rows sorted by gap (descending; ties by name; reference rows without a gap last), the
-    TABLE_COLUMNS after `explainer`."""
-    table = pd.DataFrame(list(rows), columns=["explainer", *TABLE_COLUMNS])
+    `table_columns(inputs)` after `explainer`."""
+    table = pd.DataFrame(list(rows), columns=["explainer", *table_columns(inputs)])
     return table.sort_values(["gap", "explainer"], ascending=[False, True], ignore_index=True,
                              na_position="last")  # fmt: skip
 
 
-def _mprt(trained: Any, randomised: Any, name: str, indices, batch_size, device, seed) -> float:
-    """Mean Spearman correlation of `name`'s maps (of the trained model's predicted class) on the
-    trained and the randomised model (harness/evaluate/sanity.py); NaN if every map is flat."""
+def _mprt(trained: Any, randomised: Any, name: str, indices, batch_size, device, seed
+          ) -> dict[str, float]:  # fmt: skip
+    """Per input, the mean Spearman correlation of `name`'s maps (of the trained model's
+    predicted class) on the trained and the randomised model (harness/evaluate/sanity.py); NaN
+    where every map is flat."""
     from harness.data import iterate_batches
     from harness.evaluate import explain_inputs, plain_predict
     from harness.evaluate.sanity import rank_correlation
 
     dataset, model, method = trained.dataset, trained.model, trained.method
-    correlations = []
+    correlations: dict[str, list[np.ndarray]] = {m: [] for m in method.modalities}
     generators = [torch.Generator().manual_seed(seed) for _ in range(2)]  # random: same draws
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
         with torch.no_grad():
             target = plain_predict(method, model, batch.inputs).argmax(1)
         maps = [
-            explain_inputs(method, net, batch.inputs, name, None, generator, target)["video"]
+            explain_inputs(method, net, batch.inputs, name, None, generator, target)
             for net, generator in ((model, generators[0]), (randomised, generators[1]))
         ]
-        correlations.append(rank_correlation(*maps))
-    values = np.concatenate(correlations)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        for m in correlations:
+            correlations[m].append(rank_correlation(maps[0][m], maps[1][m]))
+    values = {m: np.concatenate(parts) for m, parts in correlations.items()}
+    return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            for m, v in values.items()}  # fmt: skip
 
 
-def _curve_points(curves: Mapping[str, Any]) -> pd.DataFrame:
+def _curve_sets(result: Any, inputs: Sequence[str]) -> dict[str, Any]:
+    """What was occluded -> its curve: every input (`joint_input`), and on a model with several
+    inputs each input alone."""
+    several = {m: result.by_input[m] for m in inputs} if len(inputs) > 1 else {}
+    return {joint_input(inputs): result.curve, **several}
+
+
+def _curve_points(curves: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Tidy curve points of `curves` (explainer -> occluded input -> curve)."""
     points = []
-    for name, curve in curves.items():
-        for direction in ("morf", "lerf"):
-            accuracy = getattr(curve, f"{direction}_accuracy")
-            probability = getattr(curve, f"{direction}_probability")
-            for level, acc, prob in zip(curve.levels, accuracy, probability, strict=True):
-                points.append((name, direction, level, acc, prob))
+    for name, by_input in curves.items():
+        for occluded, curve in by_input.items():
+            for direction in ("morf", "lerf"):
+                accuracy = getattr(curve, f"{direction}_accuracy")
+                probability = getattr(curve, f"{direction}_probability")
+                for level, acc, prob in zip(curve.levels, accuracy, probability, strict=True):
+                    points.append((name, occluded, direction, level, acc, prob))
     return pd.DataFrame(
-        points, columns=["explainer", "direction", "level", "accuracy", "probability"]
+        points, columns=["explainer", "input", "direction", "level", "accuracy", "probability"]
     )
 
 
+def _floatfmt(column: str) -> str:
+    if column in ("explainer", "mprt_flag"):
+        return ""
+    return ".1f" if column == "seconds" or column.startswith("distinct_") else ".3f"
+
+
+def _table_note(inputs: Sequence[str]) -> str:
+    """What explainers.md's columns mean, for a model reading `inputs`."""
+    tokens = {"video": "(frame, patch) tokens", "signal": "time tokens"}
+    parts = [
+        "Occlusion: each explainer's relevance of the predicted class, on the whole input, ranks "
+        f"the {' and the '.join(tokens[m] for m in inputs)}; the most (MoRF) or least (LeRF) "
+        "relevant share is occluded in the full-resolution input"
+        + (" (each input by its own relevance, both at the same share)" if len(inputs) > 1
+           else "")
+        + " and the method's own prediction pipeline classifies it. AUC: area under accuracy "
+        "(prob: target-class probability) vs share occluded, divided by the level range; gap = "
+        "LeRF - MoRF (higher = more faithful; random: the chance reference, gap about 0).",
+    ]
+    if len(inputs) > 1:
+        parts.append(f"gap_<input> ({', '.join(f'gap_{m}' for m in inputs)}): the gap with only "
+                     "that input occluded, the other left whole (its own tie draws).")
+    if "video" in inputs:
+        parts.append("seed_*: accuracy under the 001 seed's protocol (the 30% most/least "
+                     "relevant spatial patches in every frame plus the 2 most/least relevant "
+                     "frames).")
+    parts.append(
+        "Tokens of equal relevance are ranked in random order, curves averaged over "
+        "evaluation.tie_draws draws; distinct_<input>: mean distinct relevance values per map "
+        "(a flat map has 1). gap_rel: gap / the accuracy on the whole inputs."
+    )
+    truth = {"video": "energy_video = share of positive relevance inside the actor's box, "
+                      "hit_video = share of frames whose most relevant token touches the box; "
+                      "motion_oracle: a model-free frame-difference map (ground truth only)",
+             "signal": "energy_signal = share of positive relevance inside the event's time "
+                       "window, hit_signal = share of signals whose most relevant time token "
+                       "touches it"}  # fmt: skip
+    parts.append(f"Ground truth (synthetic data): {'; '.join(truth[m] for m in inputs)}.")
+    parts.append(
+        "mprt_spearman: rank correlation of the maps on the trained model and on the model with "
+        "every layer re-initialised (Adebayo et al. 2018's model-parameter randomisation, its "
+        "last step)"
+        + ("; with several inputs the largest of the per-input correlations (mprt_spearman_"
+           "<input>)" if len(inputs) > 1 else "")
+        + "; `fails` at >= 0.5 (our threshold): the maps do not depend on what the model learnt. "
+        "seconds: the explainer's occlusion test (explanations and all predictions)."
+    )
+    return " ".join(parts)
+
+
 def write_explainer_table(
-    table: pd.DataFrame, folder: Path, title: str, notes: Mapping[str, str], synthetic: bool
-) -> str:
+    table: pd.DataFrame, folder: Path, title: str, notes: Mapping[str, str], synthetic: bool,
+    inputs: Sequence[str] = ("video",),
+) -> str:  # fmt: skip
     """explainers.md and explainers.csv; returns the Markdown."""
     lines = [f"# {title}", ""]
     if synthetic:
         lines += ["**SYNTHETIC DATA: built-in generator, not a real dataset.**", ""]
     lines += [f"- {k}: {v}" for k, v in notes.items()]
-    floatfmt = ("", *[".3f"] * (len(OCCLUSION_COLUMNS)), ".1f", ".3f", ".3f", ".3f", "", ".1f")
+    floatfmt = tuple(_floatfmt(c) for c in table.columns)
     lines += ["", table.to_markdown(index=False, floatfmt=floatfmt), ""]
-    lines += [
-        "Occlusion: each explainer's relevance of the predicted class, on the whole clip, ranks "
-        "the (frame, patch) tokens; the most (MoRF) or least (LeRF) relevant share is occluded in "
-        "the full-resolution clip and the method's own prediction pipeline classifies it. "
-        "AUC: area under accuracy (prob: target-class probability) vs share occluded, divided by "
-        "the level range; gap = LeRF - MoRF (higher = more faithful; random: the chance reference, "
-        "gap about 0). "
-        "seed_*: accuracy under the 001 seed's protocol (the 30% most/least relevant spatial "
-        "patches in every frame plus the 2 most/least relevant frames). Tokens of equal relevance "
-        "are ranked in random order, curves averaged over evaluation.tie_draws draws; "
-        "distinct_video: mean distinct relevance values per map (a flat map has 1). gap_rel: gap "
-        "/ the accuracy on the whole clips. Ground truth (synthetic data): energy_video = share of "
-        "positive relevance inside the actor's box, hit_video = share of frames whose most "
-        "relevant token touches the box; motion_oracle: a model-free frame-difference map "
-        "(ground truth only). mprt_spearman: rank correlation of the maps on the trained model "
-        "and on the model with every layer re-initialised (Adebayo et al. 2018's model-parameter "
-        "randomisation, its last step); `fails` at >= 0.5 (our threshold): the maps do not "
-        "depend on what the model learnt. seconds: the explainer's occlusion test "
-        "(explanations and all predictions).",
-        "",
-    ]
+    lines += [_table_note(inputs), ""]
     text = "\n".join(lines)
     (folder / "explainers.md").write_text(text)
     table.assign(synthetic=synthetic).to_csv(folder / "explainers.csv", index=False)
@@ -289,10 +377,11 @@ def evaluate_explainers(
     split: str = "test",
     batch_size: int | None = None,
     regions: tuple[int, int] = (2, 2),
+    segments: int = SIGNAL_SEGMENTS,
     source: str = "",
 ) -> tuple[pd.DataFrame, str]:
-    """Evaluate every explainer in `explainers` on the trained model; write everything to
-    `output`; return the table and its Markdown."""
+    """Evaluate every explainer in `explainers` on the trained model (video, signal or hybrid);
+    write everything to `output` (the module docstring); return the table and its Markdown."""
     from harness.data import iterate_batches
     from harness.evaluate import (
         FAITHFULNESS_REFERENCE,
@@ -306,7 +395,7 @@ def evaluate_explainers(
     from harness.evaluate.trends import class_mean_maps
     from harness.train import resolve_device, seed_everything
     from reports.curves import plot_occlusion_curves
-    from reports.gallery import save_clip_gif, save_gallery
+    from reports.gallery import save_clip_gif, save_input_gallery
     from reports.trends import (
         face_trend_table,
         plot_class_trends,
@@ -326,18 +415,17 @@ def evaluate_explainers(
     except ValueError as error:  # data.root not supported, weights that do not fit the model
         raise SourceError(str(error)) from None
     dataset, model, method = trained.dataset, trained.model, trained.method
-    if "video" not in method.modalities:
-        raise SourceError(
-            f"the model reads {list(method.modalities)}: this command's trends and galleries are "
-            "of video relevance (video and hybrid models); a signal model's occlusion metrics "
-            "are in its trial's MLflow run"
-        )
+    inputs = [m for m in INPUT_PREFIX if m in method.modalities]
     synthetic = bool(dataset.synthetic) or not config["data"].get("root")
     batch_size = int(batch_size or train_cfg["eval_batch_size"])
     indices = dataset.indices(split)
     if len(indices) == 0:
         raise SourceError(f"--split {split}: the dataset has no {split} clips")
+    if "signal" in inputs and not 1 <= segments <= method.modalities["signal"].tokens:
+        raise SourceError(f"--segments: expected 1 to the signal's "
+                          f"{method.modalities['signal'].tokens} time tokens, got {segments}")
     title = _title(method.name, split, len(indices), synthetic)
+    label = " (SYNTHETIC)" if synthetic else ""
     output.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     accuracy = evaluate_accuracy(model, method, dataset, indices, batch_size, device)
@@ -351,78 +439,96 @@ def evaluate_explainers(
             predicted = method.predict(model, gallery.inputs).argmax(1).cpu()
     names = dataset.class_names
     randomised = randomised_copy(model, seed)
-    rows, curves, tables, class_maps = [], {}, {}, {}
+    rows, curves = [], {}
+    tables: dict[str, dict[str, pd.DataFrame]] = {m: {} for m in inputs}
+    class_maps: dict[str, torch.Tensor] = {}  # video: for the facial regions
     for i, name in enumerate(explainers):
         seed_everything(seed)
         started = time.perf_counter()
         result = evaluate_occlusion(
             model, method, dataset, indices, eval_cfg, batch_size, device,
-            explainer=name, seed=seed, keep_relevance=True,
+            explainer=name, seed=seed, keep_relevance=True, per_input=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         ground_truth = ground_truth_scores(dataset, result.relevance, result.rows)
         mprt = _mprt(trained, randomised, name, indices, batch_size, device, seed)
         rows.append(_explainer_row(name, result, accuracy.accuracy, ground_truth, mprt, seconds))
-        curves[name] = result.curve
+        curves[name] = _curve_sets(result, inputs)
         print(
             f"[{i + 1}/{len(explainers)}] {name}: MoRF AUC {result.curve.morf_auc:.3f}, "
             f"LeRF AUC {result.curve.lerf_auc:.3f}, gap {result.curve.gap:.3f} ({seconds:.1f} s)",
             flush=True,
         )
         labels = torch.from_numpy(dataset.labels[result.rows].astype(np.int64))
-        maps = class_mean_maps(result.relevance["video"], labels, dataset.num_classes)
         counts = torch.bincount(labels, minlength=dataset.num_classes).tolist()
-        tables[name] = trend_table(maps, names, counts, regions)
-        class_maps[name] = maps
-        plot_class_trends(
-            maps, names, output / "trends" / f"{name}.png",
-            f"{name}: class-mean relevance ({title})", counts,
-        )  # fmt: skip
-        if gallery is not None:
-            position = {int(r): j for j, r in enumerate(result.rows)}
-            relevance = result.relevance["video"][[position[int(r)] for r in gallery_rows]]
-            clips, truth = gallery.clips.cpu(), gallery.labels.cpu()
-            (output / "galleries").mkdir(parents=True, exist_ok=True)
-            save_gallery(
-                clips, relevance, truth, predicted, names, output / "galleries" / f"{name}.png",
-                title=f"{method.name} / {name}" + (" (SYNTHETIC)" if synthetic else ""),
+        for m in inputs:
+            maps = class_mean_maps(result.relevance[m], labels, dataset.num_classes)
+            tables[m][name] = trend_table(maps, names, counts, regions, segments)
+            plot_class_trends(
+                maps, names, output / "trends" / f"{input_file(name, m)}.png",
+                f"{name}: class-mean {m} relevance ({title})", counts, segments,
             )  # fmt: skip
-            for j, row in enumerate(gallery_rows):
+            if m == "video":
+                class_maps[name] = maps
+        if gallery is not None:
+            position = [{int(r): j for j, r in enumerate(result.rows)}[int(r)]
+                        for r in gallery_rows]  # fmt: skip
+            relevance = {m: result.relevance[m][position] for m in inputs}
+            shown = {m: gallery.inputs[m].cpu() for m in inputs}
+            truth = gallery.labels.cpu()
+            (output / "galleries").mkdir(parents=True, exist_ok=True)
+            save_input_gallery(
+                shown, relevance, truth, predicted, names, output / "galleries" / f"{name}.png",
+                title=f"{method.name} / {name}{label}",
+            )  # fmt: skip
+            for j, row in enumerate(gallery_rows if "video" in inputs else ()):
                 save_clip_gif(
-                    clips[j], relevance[j], output / "galleries" / f"{name}_clip{j}.gif",
-                    title=f"{name}{' (SYNTHETIC)' if synthetic else ''}, clip {row}\n"
+                    shown["video"][j], relevance["video"][j],
+                    output / "galleries" / f"{name}_clip{j}.gif",
+                    title=f"{name}{label}, clip {row}\n"
                     f"{names[int(truth[j])]} -> {names[int(predicted[j])]}",
                 )  # fmt: skip
 
-    if dataset.actor_box is not None:  # the model-free reference: ground truth only
+    if "video" in inputs and dataset.actor_box is not None:  # model-free: ground truth only
         grid = method.modalities["video"].grid[1:]
         batches = list(iterate_batches(dataset, indices, batch_size, device=device))
         motion = torch.cat([motion_relevance(b.clips, grid).cpu() for b in batches])
         order = np.concatenate([b.index.cpu().numpy() for b in batches])
         rows.append({"explainer": FAITHFULNESS_REFERENCE,
                      **ground_truth_scores(dataset, {"video": motion}, order)})  # fmt: skip
-    table = explainer_table(rows)
+    table = explainer_table(rows, inputs)
     levels = ", ".join(f"{x:g}" for x in eval_cfg["occlusion_levels"])
     protocol = eval_cfg["seed_protocol"]
     notes = {
         "source": source or str(weights.parent),
         "method": method.name + f" (its own explainer: {method.explainer})",
+        "inputs": ", ".join(inputs),
         f"{split} accuracy": f"{accuracy.accuracy:.4f}"
         + (" (the 0% point of every curve)" if 0.0 in eval_cfg["occlusion_levels"] else ""),
-        "occlusion": f"levels {levels}; fill {eval_cfg['occlusion_value']}; seed protocol "
-        f"{float(protocol['spatial_fraction']):.0%} of spatial patches + {protocol['frames']} "
-        f"frames",
-    }
-    markdown = write_explainer_table(table, output, f"Explainers on the {title}", notes, synthetic)
+        "occlusion": f"levels {levels}; fill {eval_cfg['occlusion_value']}"
+        + (f"; seed protocol {float(protocol['spatial_fraction']):.0%} of spatial patches + "
+           f"{protocol['frames']} frames" if "video" in inputs else ""),
+    }  # fmt: skip
+    markdown = write_explainer_table(table, output, f"Explainers on the {title}", notes, synthetic,
+                                     inputs)  # fmt: skip
     _curve_points(curves).to_csv(output / "occlusion_curves.csv", index=False)
-    plot_occlusion_curves(curves, output / "occlusion_curves.png", f"Occlusion curves: {title}")
-    write_trends(
-        tables, output, f"Per-class trends of the explanations: {title}", synthetic=synthetic,
-        notes={"regions": f"{regions[0]} x {regions[1]} grid over the patch grid",
-               "explained class": "the predicted one; clips grouped by their true class"},
-    )  # fmt: skip
+    for occluded in curves[explainers[0]] if explainers else ():
+        joint = occluded == joint_input(inputs)
+        stem = "occlusion_curves" if joint else f"occlusion_curves_{occluded}"
+        what = "every input occluded" if joint and len(inputs) > 1 else f"{occluded} occluded"
+        plot_occlusion_curves({n: c[occluded] for n, c in curves.items()},
+                              output / f"{stem}.png", f"Occlusion curves ({what}): {title}")
+    for m in inputs:
+        if m == "video":
+            notes = {"regions": f"{regions[0]} x {regions[1]} grid over the patch grid"}
+        else:
+            tokens = method.modalities[m].tokens
+            notes = {"time segments": f"{segments} consecutive parts of the {tokens} time tokens"}
+        notes["explained class"] = "the predicted one; clips grouped by their true class"
+        write_trends(tables[m], output, f"Per-class trends of the {m} explanations: {title}",
+                     synthetic=synthetic, stem=input_file("trends", m), notes=notes)  # fmt: skip
     face_crop = config["data"].get("face_crop") or {}
-    if face_crop.get("enabled"):
+    if face_crop.get("enabled") and class_maps:
         margin = float(face_crop.get("margin", 0.0))
         face = face_trend_table(class_maps, names, counts, margin)
         plot_face_maps(class_maps, names, margin, output / f"face_maps_{method.name}.png", title)
@@ -435,9 +541,9 @@ def evaluate_explainers(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.evaluate",
-        description="Evaluate every explainer on a trained model: occlusion curves (MoRF/LeRF "
-        "accuracy and target-class probability, AUCs, gap, the 001 seed's protocol), per-class "
-        "trends and galleries.",
+        description="Evaluate every explainer on a trained model (video, signal or hybrid): "
+        "occlusion curves (MoRF/LeRF accuracy and target-class probability, AUCs, gap, per "
+        "input; the 001 seed's protocol on video), per-class trends and galleries per input.",
         epilog="Example: python -m harness.evaluate outputs/birds_video/best/et.yaml "
         "evaluation.occlusion_levels=[0,0.2,0.4] --explainers rollout_fem,random",
     )
@@ -467,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--regions", default="2x2", help="ROWSxCOLS grid of the per-class trends (default 2x2)"
     )
+    parser.add_argument(
+        "--segments", type=int, default=SIGNAL_SEGMENTS,
+        help=f"time segments of a signal's per-class trends (default {SIGNAL_SEGMENTS}: "
+        "quarters of the window)",
+    )  # fmt: skip
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of a runs:/ SOURCE")
     args = parser.parse_intermixed_args(argv)
 
@@ -484,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                 regions = parse_regions(args.regions)
             except ValueError as error:
                 raise SourceError(f"--regions: {error}") from None
+            if args.segments < 1:
+                raise SourceError(f"--segments: expected an integer >= 1, got {args.segments}")
             if args.batch_size is not None and args.batch_size < 1:
                 raise SourceError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
             source = resolve_source(args.source, args.tracking_uri, scratch)
@@ -507,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _, markdown = evaluate_explainers(
                 config, source.weights, output, explainers=explainers, split=args.split,
-                batch_size=args.batch_size, regions=regions, source=source.text,
+                batch_size=args.batch_size, regions=regions, segments=args.segments,
+                source=source.text,
             )  # fmt: skip
         except SourceError as error:
             print(f"error: {error}", file=sys.stderr)

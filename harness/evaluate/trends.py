@@ -1,10 +1,12 @@
 """Per-class trends of an explainer's relevance: where (which regions of the frame) and when (which
-frames) the explanations of each class put their mass. The 001 seed asks this per emotion (which
-face regions the explanation uses); here it is per class of the dataset.
+frames, which time segments of a signal) the explanations of each class put their mass. The 001
+seed asks this per emotion (which face regions the explanation uses); here it is per class of the
+dataset, for every input.
 
 Pure functions of tensors:
 
-* ``class_mean_maps(relevance [N, T, h, w], labels [N], K) -> [K, T, h, w]``: each clip's map is
+* ``class_mean_maps(relevance [N, ...], labels [N], K) -> [K, ...]`` (video [N, T, h, w], signal
+  [N, n] time tokens): each clip's map is
   made a distribution first (negative relevance, e.g. Eigen-CAM's signed projection, is clipped to
   0, then the map is divided by its sum, so every clip weighs the same whatever its explainer's
   scale; a map with no positive mass counts as uniform), then the clips of each class are averaged.
@@ -15,6 +17,14 @@ Pure functions of tensors:
   a centre on a boundary goes to the lower/right region. Works for any h, w (e.g. h = 3, rows = 2:
   rows 0 | 1, 2).
 * ``frame_shares(maps [K, T, h, w]) -> [K, T]``: the share of each class's relevance per frame.
+* ``segment_shares(maps [K, n], segments) -> [K, segments]``: the share of each class's signal
+  relevance per time segment: the window cut into ``segments`` consecutive parts
+  (``SIGNAL_SEGMENTS`` = 4 by default: quarters, as coarse as the 2 x 2 regions of a frame; the
+  synthetic signals' 16 time tokens give 4 tokens a segment, and their 32-sample event spans 2
+  tokens, so it falls in one or two segments). A token belongs to the segment holding its centre,
+  as a patch to its region (``region_shares`` on a 1 x n grid): with n not a multiple of
+  ``segments`` the segments hold unequal token counts, and ``segment_token_shares`` says what a
+  uniform map gets in each.
 * ``face_region_shares(maps [K, T, h, w], margin) -> [K, 4]``: on face crops (harness/data/
   faces.py), the share of each class's relevance on the eyes, the nose, the mouth and the rest of
   the crop (``FACE_REGIONS``, below): the 001 seed's per-emotion reading of facial regions.
@@ -48,6 +58,7 @@ from torch import Tensor
 __all__ = [
     "FACE_REGIONS",
     "FACE_REGION_NAMES",
+    "SIGNAL_SEGMENTS",
     "class_mean_maps",
     "face_region_areas",
     "face_region_shares",
@@ -56,7 +67,14 @@ __all__ = [
     "parse_regions",
     "region_names",
     "region_shares",
+    "segment_index",
+    "segment_names",
+    "segment_shares",
+    "segment_token_shares",
 ]
+
+#: Time segments of a signal's per-class trends (module docstring).
+SIGNAL_SEGMENTS = 4
 
 #: Facial regions, (x0, y0, x1, y1) in units of the detector's face box (module docstring).
 FACE_REGIONS: dict[str, tuple[float, float, float, float]] = {
@@ -68,9 +86,13 @@ FACE_REGION_NAMES: tuple[str, ...] = (*FACE_REGIONS, "rest")
 
 
 def class_mean_maps(relevance: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """[K, T, h, w]: per class, the mean of its clips' maps, each normalised to sum 1 first."""
-    if relevance.dim() != 4:
-        raise ValueError(f"relevance must be [N, T, h, w], got {list(relevance.shape)}")
+    """[K, ...]: per class, the mean of its clips' maps (relevance [N, ...]: video [N, T, h, w],
+    signal [N, n]), each normalised to sum 1 first."""
+    if relevance.dim() < 2:
+        raise ValueError(
+            f"relevance must be [N, T, h, w] (video) or [N, n] (signal), got "
+            f"{list(relevance.shape)}"
+        )
     labels = torch.as_tensor(labels, device=relevance.device).long().view(-1)
     if labels.numel() != relevance.shape[0]:
         raise ValueError(f"{labels.numel()} labels for {relevance.shape[0]} maps")
@@ -108,6 +130,34 @@ def frame_shares(maps: Tensor) -> Tensor:
     """[K, T]: each map's share of relevance per frame."""
     per_frame = maps.flatten(2).sum(2)
     return per_frame / per_frame.sum(1, keepdim=True)
+
+
+def segment_shares(maps: Tensor, segments: int = SIGNAL_SEGMENTS) -> Tensor:
+    """[K, segments]: each signal map's (maps [K, n]) share of relevance per time segment, a
+    token in the segment that holds its centre (`region_shares` on a 1 x n grid)."""
+    if maps.dim() != 2:
+        raise ValueError(f"signal maps must be [K, n], got {list(maps.shape)}")
+    if not 1 <= int(segments) <= maps.shape[1]:
+        raise ValueError(f"segments must be between 1 and the {maps.shape[1]} time tokens, "
+                         f"got {segments}")  # fmt: skip
+    return region_shares(maps[:, None, None, :], (1, int(segments)))
+
+
+def segment_index(tokens: int, segments: int = SIGNAL_SEGMENTS) -> Tensor:
+    """int64 [tokens]: the time segment of each token (the one holding its centre)."""
+    return _region_index(int(tokens), int(segments))
+
+
+def segment_token_shares(tokens: int, segments: int = SIGNAL_SEGMENTS) -> Tensor:
+    """float64 [segments]: each segment's share of the `tokens` time tokens (what a uniform map
+    puts there)."""
+    counts = torch.bincount(segment_index(tokens, segments), minlength=int(segments))
+    return counts.double() / int(tokens)
+
+
+def segment_names(segments: int = SIGNAL_SEGMENTS) -> list[str]:
+    """'segment_1', ... in `segment_shares`' order (the first segment: the window's start)."""
+    return [f"segment_{s + 1}" for s in range(int(segments))]
 
 
 def parse_regions(text: str) -> tuple[int, int]:
