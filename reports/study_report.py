@@ -175,16 +175,11 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
         m: report / "models" / m for m in models.runs
         if (report / "models" / m / "occlusion_curves.csv").is_file()
     }  # fmt: skip
-    if not folders and not explain:
+    if not folders:  # not explained here, and not before
         page.add("Explanations of the final models",
                  "<p class='note'>The final models were not put through the explainers "
-                 "(report.explain_models=false); <code>python -m harness.report "
+                 "(report.explain_models=false, or --no-explain); <code>python -m harness.report "
                  f"{esc(study.folder)}</code> adds them.</p>")  # fmt: skip
-        return []
-    if not folders:
-        page.add("Explanations of the final models",
-                 "<p class='note'>No final model has been explained yet (python -m "
-                 f"harness.report {esc(study.folder)} explains them).</p>")  # fmt: skip
         return []
     seeds = ", ".join(f"{m} seed {models.runs[m].seed}" for m in folders)
     curves = {m: read_curves(folder) for m, folder in folders.items()}

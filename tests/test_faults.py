@@ -66,7 +66,7 @@ def test_failing_trials_are_retried_then_reported_and_the_study_completes_the_re
     # report.explain_models=false: the page says how to add the final models' explanations
     assert not (out / "report" / "models").exists()
     page = (out / "report" / "index.html").read_text()
-    assert f"(report.explain_models=false); <code>python -m harness.report {out}</code>" in page
+    assert f"--no-explain); <code>python -m harness.report {out}</code> adds them" in page
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("et-harness-birds_video")
