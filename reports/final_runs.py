@@ -129,15 +129,19 @@ def model_set(study: StudyFolder) -> ModelSet:
 def evaluate_models(models: ModelSet, folder: Path, explainers: Sequence[str] | None = None
                     ) -> dict[str, Path]:  # fmt: skip
     """Each method's model through `explainers` (default: `models.explainers`) into
-    folder/<method>/ (reused when source.json matches); returns method -> its folder."""
+    folder/<method>/ (reused when source.json matches: the same checkpoint, seed, explainers and
+    inputs explained, so an evaluation of a hybrid's video alone is redone); returns method -> its
+    folder."""
     from harness.evaluate.__main__ import evaluate_explainers
+    from harness.models import model_inputs
 
     explainers = list(explainers or models.explainers)
     done = {}
     for method, run in models.runs.items():
         config = models.configs[method]
         output = folder / method
-        source = {"checkpoint": str(run.checkpoint), "seed": run.seed, "explainers": explainers}
+        source = {"checkpoint": str(run.checkpoint), "seed": run.seed, "explainers": explainers,
+                  "inputs": list(model_inputs(config["model"]))}  # fmt: skip
         stamp = output / SOURCE_FILE
         if not (stamp.is_file() and json.loads(stamp.read_text()) == source
                 and (output / "occlusion_curves.csv").is_file()):  # fmt: skip

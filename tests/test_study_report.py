@@ -228,3 +228,38 @@ def test_the_repository_readme_has_its_results_blocks_and_small_figures():
     figures = list((root / "docs" / "figures").glob("*.png"))
     assert sorted(root / p for p in linked) == sorted(figures)  # none unlinked
     assert sum(p.stat().st_size for p in figures) <= FIGURE_BUDGET_BYTES
+
+
+def test_a_final_models_evaluation_is_reused_only_for_the_same_source(tmp_path, monkeypatch):
+    """report/models/<method>/ is redone when the checkpoint, the explainers or the inputs it
+    explained differ from its source.json (an older evaluation of a hybrid's video alone, which
+    has no `inputs`, is redone), and reused otherwise."""
+    import json
+
+    import harness.evaluate.__main__ as evaluate
+    from reports.final_runs import ModelSet, evaluate_models
+    from reports.study_folder import FinalRun
+
+    calls = []
+
+    def record(config, weights, output, explainers, source):
+        calls.append(list(explainers))
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "occlusion_curves.csv").write_text("explainer,direction,level\n")
+
+    monkeypatch.setattr(evaluate, "evaluate_explainers", record)
+    config = OmegaConf.to_container(compose("birds_hybrid", []), resolve=True)
+    run = FinalRun("et", 1000, {}, tmp_path / "checkpoint")
+    models = ModelSet({"et": run}, {"et": config})
+    folder = tmp_path / "models"
+    evaluate_models(models, folder, ["rollout", "random"])
+    evaluate_models(models, folder, ["rollout", "random"])
+    assert calls == [["rollout", "random"]]
+    evaluate_models(models, folder, ["tibav", "random"])
+    assert calls[-1] == ["tibav", "random"] and len(calls) == 2
+    stamp = folder / "et" / "source.json"
+    assert json.loads(stamp.read_text())["inputs"] == ["video", "signal"]
+    older = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "inputs"}
+    stamp.write_text(json.dumps(older))
+    evaluate_models(models, folder, ["tibav", "random"])
+    assert len(calls) == 3
