@@ -471,8 +471,8 @@ def evaluate_explainers(
             if m == "video":
                 class_maps[name] = maps
         if gallery is not None:
-            position = [{int(r): j for j, r in enumerate(result.rows)}[int(r)]
-                        for r in gallery_rows]  # fmt: skip
+            where = {int(r): j for j, r in enumerate(result.rows)}  # dataset row -> map
+            position = [where[int(r)] for r in gallery_rows]
             relevance = {m: result.relevance[m][position] for m in inputs}
             shown = {m: gallery.inputs[m].cpu() for m in inputs}
             truth = gallery.labels.cpu()
