@@ -188,7 +188,7 @@ def test_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path
          "sweep=smoke", "report.explain_models=false", f"ray.address={address}",
          "study.methods=[vanilla]",
          "sweep.num_samples=2", "sweep.reuse_actors=false", f"study.output_dir={out}",
-         f"data.cache_dir={tmp_path / 'cache'}", "model.hidden_size=16",
+         f"data.cache_dir={tmp_path / 'cache'}", "model=pool_t", "model.hidden_size=16",
          "evaluation.occlusion_levels=[0.0,0.5]", "evaluation.gallery_clips=1",
          "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
          "data.synthetic.test_per_class=4"],

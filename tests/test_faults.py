@@ -35,7 +35,7 @@ def test_failing_trials_are_retried_then_reported_and_the_study_completes_the_re
          "sweep=smoke", "report.explain_models=false", f"study.output_dir={out}",
          f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2", "study.methods=[ifi,vanilla]",
          "sweep.num_samples=2",
-         "sweep.max_failures=1", "data.synthetic.train_per_class=8",
+         "model=pool_t", "sweep.max_failures=1", "data.synthetic.train_per_class=8",
          "data.synthetic.val_per_class=4", "data.synthetic.test_per_class=4"],
         capture_output=True, text=True, timeout=900, env=env, start_new_session=True,
     )  # fmt: skip

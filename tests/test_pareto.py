@@ -85,7 +85,7 @@ def test_pareto_study_reports_the_front_and_retrains_its_knee(tmp_path):
          "report.explain_models=false",
          "sweep.objective=pareto", "study.methods=[vanilla]", "sweep.num_samples=4",
          "train.epochs=2", f"study.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}",
-         "ray.num_cpus=2", "model.hidden_size=16", "model.num_layers=1",
+         "ray.num_cpus=2", "model=pool_t", "model.hidden_size=16", "model.spatial_layers=1",
          "evaluation.occlusion_levels=[0.0,0.5]", "evaluation.gallery_clips=1",
          "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
          "data.synthetic.test_per_class=6"],

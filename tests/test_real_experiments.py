@@ -85,7 +85,7 @@ def studies(tmp_path_factory):
         for experiment, (root, _) in trees.items():
             out = base / experiment
             code = sweep_main([experiment, "sweep=smoke",
-                               "report.explain_models=false", f"data.root={root}",
+                               "report.explain_models=false", "model=pool_t", f"data.root={root}",
                                f"data.cache_dir={out / 'cache'}", f"study.output_dir={out}",
                                f"mlflow.tracking_uri=sqlite:///{base / 'mlflow.db'}",
                                *extra[experiment]])  # fmt: skip

@@ -113,7 +113,7 @@ def _study_args(tmp_path):
     return [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())",
             "birds_video", "sweep=smoke", "report.explain_models=false",
             f"study.output_dir={tmp_path / 'study'}", f"data.cache_dir={tmp_path / 'cache'}",
-            "ray.num_cpus=2", "study.methods=[vanilla]", f"train.epochs={EPOCHS}",
+            "ray.num_cpus=2", "study.methods=[vanilla]", f"train.epochs={EPOCHS}", "model=pool_t",
             "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",
             "data.synthetic.test_per_class=4"]  # fmt: skip
 

@@ -86,6 +86,7 @@ def test_trials_stopped_by_asha_are_pruned_not_complete_in_optuna(tmp_path):
                 # one trial at a time: ASHA's decisions depend on the order results arrive in,
                 # and with seeded lrs that order is then the same on every machine
                 search_alg=searcher, scheduler=scheduler, num_samples=6, max_concurrent_trials=1,
+                reuse_actors=True,  # one actor start-up, not one per trial
                 metric="val_accuracy", mode="max",
             ),
             run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),

@@ -122,7 +122,7 @@ def test_a_tracking_server_stopped_and_restarted_mid_study_loses_no_metric(tmp_p
         [sys.executable, "-c", "import sys, _faults; sys.exit(_faults.main())", "birds_video",
          "sweep=smoke", "report.explain_models=false", f"study.output_dir={out}",
          f"data.cache_dir={tmp_path / 'cache'}", "ray.num_cpus=2", "study.methods=[vanilla]",
-         f"train.epochs={EPOCHS}",
+         f"train.epochs={EPOCHS}", "model=pool_t",
          f"mlflow.tracking_uri={server.uri}",
          "mlflow.flush_timeout_s=900",  # the end waits for the server however slow its restart
          "data.synthetic.train_per_class=8", "data.synthetic.val_per_class=4",

@@ -25,12 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import TimesformerConfig, TimesformerForVideoClassification
-from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
 
 from harness.explain.video import DividedAttention, divided_steps, tokens_to_grid
 from harness.models.base import (
@@ -44,6 +42,10 @@ from harness.models.base import (
     spatial_temporal_pairs,
 )
 from harness.models.layers import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:  # transformers is imported when a model is built (about 4 s): not to read the
+    # adapter (the driver reads it to check the config and the data) nor to run other models
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
 
 
 @dataclass
@@ -113,6 +115,9 @@ class TimeSformerClassifier(SingleInput, nn.Module):
     ) -> TimeSformerClassifier:
         """A small randomly initialised TimeSformer, or `pretrained` (a local path or hub name)
         with a new classification head for `num_classes`."""
+        from transformers import TimesformerConfig, TimesformerForVideoClassification
+        from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
+
         if pretrained:
             model = TimesformerForVideoClassification.from_pretrained(
                 pretrained,
