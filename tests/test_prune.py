@@ -506,6 +506,13 @@ def test_an_et_step_and_prediction_pruned_inside_the_forward_use_no_cache(name):
     torch.testing.assert_close(predicted, expected)
     assert (predicted - whole).abs().max() > 1e-4  # not the input pruning's prediction
     assert method.relevance == {}
+    # the study's chance control (`et (random relevance)`): a random ranking in each forward
+    control = et(model, prune_after=1, explainer="random")
+    control.start_epoch(model, 0, train_batches)
+    (pruned,) = control.pruned_inside(model, {"video": clips}).values()
+    drawn = [pruned.keep(None) for _ in range(2)]
+    assert drawn[0].shape == (3, 4) and not torch.equal(drawn[0], drawn[1])
+    assert torch.isfinite(control.predict(model, {"video": clips})).all() and passes == []
 
 
 def test_in_forward_pruning_is_refused_where_it_cannot_run():
@@ -514,7 +521,7 @@ def test_in_forward_pruning_is_refused_where_it_cannot_run():
     for extra, message in [
         (["methods.et.explainer=tibav"],
          r"method\.prune_after: in-forward pruning ranks on the first blocks' attentions alone; "
-         r"expected method\.explainer one of rollout, rollout_fem, got 'tibav'"),
+         r"expected method\.explainer one of rollout, rollout_fem, random, got 'tibav'"),
         (["methods.et.explainer=fem"], r"method\.prune_after: .*got 'fem'"),
         (["methods.et.prune_after=2"],
          r"method\.prune_after: expected an integer in 1\.\.1 \(fewer than the 2 blocks the "

@@ -35,7 +35,8 @@ model's own early attention, as EViT (Liang et al., "Not All Patches are What Yo
 learned or class-attention score. One forward per step and per prediction: blocks 1..d run on the
 whole view with their attentions captured; the relevance is `explainer` (rollout or Rollout-FEM:
 the pure functions of harness/explain on those d blocks' attentions only, no gradient through the
-ranking) of the class token; the top `keep` share of the spatial patches (`top_patches`, as the
+ranking) of the class token, or `random` (the study's chance control, a random ranking per
+forward); the top `keep` share of the spatial patches (`top_patches`, as the
 input pruning ranks) is kept, and blocks d+1..L run on the class token and the block-d outputs of
 the kept patches, every frame (`Pruned.after`, the adapters' `prunes_in_forward`: TimeSformer
 after d of its blocks, Pool-T after d of its spatial blocks, ranked through a uniform readout over
@@ -44,6 +45,7 @@ no refresh: `refresh_every` and `full_input_weight`'s free refresh do not apply 
 term still runs with `full_input_weight` > 0); the warm-up epochs stay vanilla. The gradient
 explainers (their score is the forward's end) and the feature-map ones are refused (config time
 and here), and so are d >= the blocks it prunes in and a model that cannot prune in its forward.
+`prune_after` is not in the default search spaces (README, "Methods", says how to search it).
 A policy other than `prune` ignores `prune_after`, as it ignores `keep`.
 
 Which explanation each step uses, and how stale it can be:
@@ -87,13 +89,17 @@ from harness.explain import (
     NEEDS_GRADIENTS,
     attention_relevance,
     explain_output,
+    random_relevance,
 )
 from harness.methods.base import Inputs, TrainingMethod
 from harness.models.base import Adapter, Pruned, Selector
 
 # What in-forward pruning ranks with: the attention explainers that need no gradient (the first
-# blocks' attentions alone define them; a gradient explainer's score is the end of the forward).
-IN_FORWARD_EXPLAINERS = tuple(e for e in ATTENTION_EXPLAINERS if e not in NEEDS_GRADIENTS)
+# blocks' attentions alone define them; a gradient explainer's score is the end of the forward),
+# and `random`, the study's chance control (`et (random relevance)`: a random ranking per forward).
+IN_FORWARD_EXPLAINERS = (
+    *(e for e in ATTENTION_EXPLAINERS if e not in NEEDS_GRADIENTS), "random"
+)
 
 
 class ET(TrainingMethod):
@@ -211,9 +217,12 @@ class ET(TrainingMethod):
 
         def select(partial: Any) -> Tensor:
             with torch.no_grad():
-                relevance = attention_relevance(
-                    branch, partial, self.explainer, view.device, **self.explainer_kwargs
-                )
+                if self.explainer == "random":  # the chance control: a fresh random ranking
+                    relevance = random_relevance((len(view), *branch.grid), device=view.device)
+                else:
+                    relevance = attention_relevance(
+                        branch, partial, self.explainer, view.device, **self.explainer_kwargs
+                    )
             pruned = self.restrict({modality: x}, {modality: relevance}, {modality: view})
             return pruned[modality].keep
 
