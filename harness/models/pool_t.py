@@ -170,7 +170,7 @@ class PoolTClassifier(SingleInput, nn.Module):
         uniform pooling over the frames (w_t = 1/T): the clip read as the mean of its frame
         tokens, the only readout those blocks give without the later ones.
         """
-        if after and (capture or keep is None or not 0 < after < len(self.spatial)):
+        if after and (capture or not callable(keep) or not 0 < after < len(self.spatial)):
             raise ValueError(
                 f"after={after}: in-forward pruning needs 0 < after < the model's "
                 f"{len(self.spatial)} spatial blocks, a keep selector, and no capture"

@@ -16,6 +16,10 @@ token-mixing steps per block (harness/explain/video.py: temporal then spatial, t
 read out as it is), its CAM features the tokens entering the last block, its relevance per (frame,
 patch), and IFI on both attentions of every block.
 
+The blocks run one by one (`_blocks`), so that a forward can prune its patch tokens before the
+first block (ET's `prune`) or after the first d (ET's `prune_after`, ranked on those blocks'
+captured attentions).
+
 `attention_gate` (harness/models/base.py), when set, re-weights each attention's probabilities
 through a forward hook on its `attn_drop` (the output replaces them before they mix the values).
 """
@@ -186,7 +190,7 @@ class TimeSformerClassifier(SingleInput, nn.Module):
         has no one token grid to explain; explain the full forward).
         """
         layers = self.model.timesformer.encoder.layer
-        if after and (capture or keep is None or not 0 < after < len(layers)):
+        if after and (capture or not callable(keep) or not 0 < after < len(layers)):
             raise ValueError(
                 f"after={after}: in-forward pruning needs 0 < after < the model's {len(layers)} "
                 "blocks, a keep selector, and no capture"
