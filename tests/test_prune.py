@@ -158,6 +158,18 @@ def batches(n=2, size=3):
     ]  # fmt: skip
 
 
+def counted(data):
+    """(passes, train_batches): train_batches() iterates `data` and adds 1 to `passes` (one per
+    explaining pass)."""
+    passes = []
+
+    def train_batches():
+        passes.append(1)
+        return iter(data)
+
+    return passes, train_batches
+
+
 def test_et_predicts_on_the_explained_clip_pruned_to_its_top_patches():
     model = tiny("timesformer")
     method = et(model)
@@ -177,11 +189,7 @@ def test_free_refresh_from_the_whole_view_training_forward():
     model = tiny("timesformer")
     method = et(model, full_input_weight=0.5)
     data = batches()
-    passes = []
-
-    def train_batches():
-        passes.append(1)
-        return iter(data)
+    passes, train_batches = counted(data)
 
     method.start_epoch(model, 0, train_batches)  # the first ET epoch: the pass
     assert passes == [1] and method.step_refresh
@@ -477,11 +485,7 @@ def test_an_et_step_and_prediction_pruned_inside_the_forward_use_no_cache(name):
     model = tiny(name)
     method = et(model, prune_after=1)
     data = batches()
-    passes = []
-
-    def train_batches():
-        passes.append(1)
-        return iter(data)
+    passes, train_batches = counted(data)
 
     method.start_epoch(model, 0, train_batches)
     assert method.active and passes == [] and method.relevance == {}  # no explaining pass
