@@ -543,6 +543,11 @@ def test_in_forward_pruning_is_refused_where_it_cannot_run():
     assert searched.left_out[0].startswith("space.et.method.explainer = 'tibav'")
     # another policy ignores prune_after (as it ignores keep)
     validate_study(compose("birds_video", ["methods.et.prune_after=1"]))
+    # the README's search of it: drawn only with prune and a gradient-free explainer
+    searching = ("+space.et.method.prune_after={type: int, low: 0, high: 1, when: {"
+                 "method.crop_policy: prune, method.explainer: [rollout_fem, rollout]}}")
+    searched = search_params(compose("birds_video", [searching]), "et")
+    assert "method.prune_after" in [p.path for p in searched.params] and not searched.left_out
     signal = ["methods.et.signal_policy=prune", "methods.et.prune_after=1",
               "space.et.method.signal_policy.choices=[soft,prune]"]  # fmt: skip
     with pytest.raises(ConfigError, match=r"method\.prune_after: model linformer cannot prune "
