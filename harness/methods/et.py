@@ -45,7 +45,8 @@ no refresh: `refresh_every` and `full_input_weight`'s free refresh do not apply 
 term still runs with `full_input_weight` > 0); the warm-up epochs stay vanilla. The gradient
 explainers (their score is the forward's end) and the feature-map ones are refused (config time
 and here), and so are d >= the blocks it prunes in and a model that cannot prune in its forward.
-`prune_after` is not in the default search spaces (README, "Methods", says how to search it).
+`prune_after` is not in the default search spaces (the README's "Methods and explainers" says how
+to search it).
 A policy other than `prune` ignores `prune_after`, as it ignores `keep`.
 
 Which explanation each step uses, and how stale it can be:
