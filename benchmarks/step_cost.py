@@ -12,7 +12,9 @@ both at the tiny size only, and every method row (vanilla; IFI as configured in
 harness/conf/method/ifi.yaml; ET as in harness/conf/method/et.yaml with each policy, the same
 name for every input the model reads (the hybrid's `prune` rows prune both), `prune` at keep
 0.25 / 0.5 / 0.75, prune at 0.5 with `full_input_weight=0.5` (its cache refreshed free from the
-whole-view forwards) and with `refresh_every=2`), on random clips stored at 3x the model's input
+whole-view forwards) and with `refresh_every=2`; and in-forward pruning, `prune_after=1` at keep
+0.25 / 0.5 / 0.75: one forward per step and per prediction, no explaining pass), on random clips
+stored at 3x the model's input
 side (as the synthetic data), random standard-normal signals and random labels, in this one
 process:
 
@@ -31,7 +33,8 @@ alike, and load only ever adds time); `--clock cpu` (the default) reads this pro
 which on a shared machine with one thread measures the work rather than the waiting. The
 model weights are random, so the relevance (and ET's crops) are those of an untrained model: the
 costs of the box crops depend a little on the boxes; the pruned forward's does not. Video Swin-T
-cannot prune (config-time refusal): its prune rows say so. benchmarks/README.md has the numbers.
+cannot prune and the Linformer (and so the hybrid) cannot prune inside its forward (config-time
+refusals): those rows say so. benchmarks/README.md has the numbers.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ ROWS: dict[str, tuple[str, dict]] = {
         "et", {"policy": "prune", "keep": 0.5, "full_input_weight": 0.5}),
     "ET prune 0.5, refresh_every 2": (
         "et", {"policy": "prune", "keep": 0.5, "refresh_every": 2}),
+    **{f"ET prune {k}, prune_after 1": ("et", {"policy": "prune", "keep": k, "prune_after": 1})
+       for k in (0.25, 0.5, 0.75)},
 }  # fmt: skip
 
 
@@ -136,12 +141,16 @@ def measure(cfg: dict, batch_size: int, args) -> dict[str, dict]:
         )
         for b in range(args.batches)
     ]  # fmt: skip
-    prunes = all(adapter.reader(cfg, m).prunes for m in adapter.inputs)
+    readers = [adapter.reader(cfg, m) for m in adapter.inputs]
     runs: dict[str, dict[str, Callable[[], object]]] = {}
     results: dict[str, dict] = {}
     for row, (name, changes) in ROWS.items():
         results[row] = {}
-        if changes.get("policy") == "prune" and not prunes:
+        if changes.get("policy") == "prune" and not all(r.prunes for r in readers):
+            results[row]["refused"] = "cannot prune"
+        elif changes.get("prune_after") and not all(r.prunes_in_forward for r in readers):
+            results[row]["refused"] = "cannot prune in its forward"
+        if results[row]:
             continue
         torch.manual_seed(0)
         model = build_model(cfg, 4, SIGNAL["channels"]).to(args.device)
@@ -203,10 +212,10 @@ def table(results: dict[str, dict]) -> list[str]:
     lines = ["| method | " + " | ".join(f"{c} x vanilla" for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]  # fmt: skip
     for row, result in results.items():
-        if result:
-            cells = [f"{result[c] / base[c]:.2f}" for c in columns]
+        if "refused" in result:
+            cells = [f"refused: {result['refused']}"] + ["-"] * (len(columns) - 1)
         else:
-            cells = ["refused: cannot prune"] + ["-"] * (len(columns) - 1)
+            cells = [f"{result[c] / base[c]:.2f}" for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 

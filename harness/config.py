@@ -30,9 +30,9 @@ from harness.explain import EXPLAINERS
 from harness.explain.attention import HEAD_WEIGHTS
 from harness.methods import METHODS
 from harness.methods.crop import CROP_POLICIES
-from harness.methods.et import prune_refusal
+from harness.methods.et import prune_after_refusal, prune_refusal
 from harness.methods.ifi import VARIANTS as IFI_VARIANTS
-from harness.methods.modality import POLICY_KEYS
+from harness.methods.modality import DEFAULT_POLICIES, POLICY_KEYS
 from harness.methods.window import WINDOW_POLICIES
 from harness.models import ARCHITECTURES, adapter_of
 from harness.search_space import Parameter, check_space
@@ -223,6 +223,16 @@ def validate_trial_config(config: Mapping[str, Any], source: str = "config") -> 
             reader = adapter.reader(model, modality)
             if method.get(key) == "prune" and not reader.prunes:
                 raise Unsupported(f"{source}: {prune_refusal(reader.name, reader.pruning, key)}")
+        after = method.get("prune_after", 0)
+        need(_is_int(after, 0), "method.prune_after", "an integer >= 0 (0: prune the input)")
+        readers = {m: (POLICY_KEYS[m], method.get(POLICY_KEYS[m], DEFAULT_POLICIES[m]),
+                       adapter.reader(model, m)) for m in adapter.inputs}  # fmt: skip
+        if after and any(policy == "prune" for _, policy, _ in readers.values()):  # in-forward
+            problem = prune_after_refusal(
+                after, str(method.get("explainer")), readers, adapter.prune_depth(model)
+            )
+            if problem:
+                raise Unsupported(f"{source}: {problem}")
         need(int(method.get("refresh_every", 0)) >= 1, "method.refresh_every", "an integer >= 1")
         need(0 <= float(method.get("warmup_fraction", 0)) < 1, "method.warmup_fraction",
              "a fraction in [0, 1)")  # fmt: skip

@@ -3,7 +3,9 @@ forward with the pruned tokens' attention masked out (video) or their keys and v
 (Linformer, the hybrid's signal branch); the kept patches and time tokens are the top-ranked ones
 (ties in the seeded order of the occlusion test); a model that cannot prune is refused at config
 time; ET's free refresh from the whole-view training forward, its prediction pipeline, and a
-training step on pruned signals."""
+training step on pruned signals. In-forward pruning (`prune_after`): the forward pruned after d
+blocks against the full one masked from block d + 1 on, its kept patches against a dense rollout
+of the first d blocks, ET's step and prediction without a cache, and its refusals."""
 
 from contextlib import contextmanager
 
@@ -14,6 +16,7 @@ from harness.config import ConfigError, compose, search_params, validate_study
 from harness.data import Batch
 from harness.evaluate.occlusion import tie_order
 from harness.explain import explain_input
+from harness.explain.video import DividedAttention, compose_divided
 from harness.methods import build_method
 from harness.methods.crop import downsample, get_crop_policy, top_patches, top_regions
 from harness.methods.modality import modalities_of
@@ -36,17 +39,20 @@ def tiny(name: str) -> torch.nn.Module:
     return build_model({**cfg, **TINY[name]}, 3).eval()
 
 
-def masked_gate(name: str, model, keep: torch.Tensor):
-    """gate(i, A): every spatial attention with the keys of the pruned patches masked out (the
-    softmax over the kept keys only: A * mask / row sum); the temporal attentions unchanged (a
-    pruned patch's temporal rows mix pruned tokens only, which nothing kept reads)."""
+def masked_gate(name: str, model, keep: torch.Tensor, after: int = 0):
+    """gate(i, A): every spatial attention of block `after` + 1 on (0: every block) with the keys
+    of the pruned patches masked out (the softmax over the kept keys only: A * mask / row sum);
+    the temporal attentions unchanged (a pruned patch's temporal rows mix pruned tokens only,
+    which nothing kept reads)."""
     B, P = len(keep), (SIDE // PATCH) ** 2
     mask = torch.zeros(B, 1 + P).index_fill_(1, torch.tensor([0]), 1.0)
     mask.scatter_(1, keep + 1, 1.0)
     mask = mask.repeat_interleave(FRAMES, 0)[:, None, None, :]  # [B*T, 1, 1, 1+P]
 
     def spatial(i: int) -> bool:  # TimeSformer: temporal, spatial per block; Pool-T: spatial first
-        return i % 2 == 1 if name == "timesformer" else i < len(model.spatial)
+        if name == "timesformer":
+            return i % 2 == 1 and i // 2 >= after
+        return after <= i < len(model.spatial)
 
     def gate(i: int, attention: torch.Tensor) -> torch.Tensor:
         if not spatial(i):
@@ -57,6 +63,15 @@ def masked_gate(name: str, model, keep: torch.Tensor):
     return gate
 
 
+@contextmanager
+def gated(model, gate):
+    model.attention_gate = gate
+    try:
+        yield
+    finally:
+        model.attention_gate = None
+
+
 @pytest.mark.parametrize("name", list(TINY))
 def test_pruned_forward_equals_the_full_forward_with_the_pruned_tokens_masked_out(name):
     model = tiny(name)
@@ -64,11 +79,8 @@ def test_pruned_forward_equals_the_full_forward_with_the_pruned_tokens_masked_ou
     keep = torch.tensor([[0, 5, 6, 15], [1, 2, 3, 4], [7, 8, 9, 10]])
     with torch.no_grad():
         pruned = model(clips, keep=keep, capture=True)
-        model.attention_gate = masked_gate(name, model, keep)
-        try:
+        with gated(model, masked_gate(name, model, keep)):
             masked = model(clips).logits
-        finally:
-            model.attention_gate = None
         full = model(clips, capture=True)
         everything = model(clips, keep=torch.arange(16).expand(3, 16)).logits
         reused = model(clips, keep=keep, tokens=full.embedded).logits
@@ -146,6 +158,18 @@ def batches(n=2, size=3):
     ]  # fmt: skip
 
 
+def counted(data):
+    """(passes, train_batches): train_batches() iterates `data` and adds 1 to `passes` (one per
+    explaining pass)."""
+    passes = []
+
+    def train_batches():
+        passes.append(1)
+        return iter(data)
+
+    return passes, train_batches
+
+
 def test_et_predicts_on_the_explained_clip_pruned_to_its_top_patches():
     model = tiny("timesformer")
     method = et(model)
@@ -165,11 +189,7 @@ def test_free_refresh_from_the_whole_view_training_forward():
     model = tiny("timesformer")
     method = et(model, full_input_weight=0.5)
     data = batches()
-    passes = []
-
-    def train_batches():
-        passes.append(1)
-        return iter(data)
+    passes, train_batches = counted(data)
 
     method.start_epoch(model, 0, train_batches)  # the first ET epoch: the pass
     assert passes == [1] and method.step_refresh
@@ -272,12 +292,9 @@ def test_hybrid_prunes_its_signal_branch_its_video_branch_or_both():
         both, _ = method.forward(
             model, {"video": Pruned(view, video_keep), "signal": Pruned(x, SIGNAL_KEEP)}
         )
-        model.video.attention_gate = masked_gate("timesformer", model.video, video_keep)
-        try:
+        with gated(model.video, masked_gate("timesformer", model.video, video_keep)):
             with zeroed_keys_and_values(model.signal, SIGNAL_KEEP):
                 masked = model(view, x).logits
-        finally:
-            model.video.attention_gate = None
         full = model(view, x).logits
     torch.testing.assert_close(outputs["signal"].logits, zeroed.branches["signal"].logits,
                                atol=1e-5, rtol=0)  # fmt: skip
@@ -377,3 +394,169 @@ def test_et_predicts_on_the_explained_signal_pruned_to_its_top_tokens():
         relevance = explain_input(model, x, "rollout_fem").relevance
         expected = model(x, keep=top_regions(relevance, 0.25)).logits
         torch.testing.assert_close(method.predict(model, {"signal": x}), expected)
+
+
+# In-forward pruning (ET's prune_after): the first d blocks on every token, the rest on the kept
+KEEP = torch.tensor([[0, 5, 6, 15], [1, 2, 3, 4], [7, 8, 9, 10]])
+
+
+def clips_of(seed: int = 1, batch: int = 3) -> torch.Tensor:
+    return torch.rand(batch, FRAMES, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_a_forward_pruned_after_d_blocks_equals_the_full_one_masked_from_block_d_plus_1(name):
+    model, clips = tiny(name), clips_of()
+    seen = []
+
+    def select(partial):
+        seen.append(partial)
+        return KEEP
+
+    with torch.no_grad():
+        inside = model(clips, keep=select, after=1).logits
+        with gated(model, masked_gate(name, model, KEEP, after=1)):
+            masked = model(clips).logits
+        before = model(clips, keep=KEEP).logits  # the input pruned before the first block
+        full = model(clips, capture=True)
+    torch.testing.assert_close(inside, masked, atol=1e-5, rtol=0)
+    assert (inside - before).abs().max() > 1e-3 and (inside - full.logits).abs().max() > 1e-3
+    # the selector saw the first block's attentions only, on the whole grid, as the full forward's
+    (partial,) = seen
+    assert partial.logits is None
+    first = full.attention.captured[: 2 if name == "timesformer" else 1]
+    assert len(partial.attention.captured) == len(first) + (name == "pool_t")  # + its readout
+    for a, b in zip(partial.attention.captured, first):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    blocks = len(model.model.timesformer.encoder.layer) if name == "timesformer" else 2
+    for bad in ({"after": blocks}, {"after": 1, "capture": True}):
+        with pytest.raises(ValueError, match=r"in-forward pruning needs 0 < after < the model's"):
+            model(clips, keep=select, **bad)
+
+
+def naive_partial_rollout(name: str, model, view: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Relevance per patch [B, P], up to a positive factor per clip: attention rollout (heads
+    averaged, A' = (A + I) / row sum) of the first `blocks` blocks, as dense matrices multiplied
+    out. TimeSformer: `compose_divided`'s N x N steps, the class row, averaged over frames;
+    Pool-T: each frame's (1+P) x (1+P) spatial maps, its frame token's row, averaged over frames
+    (a uniform readout over the frame tokens)."""
+    with torch.no_grad():
+        attention = model(view, capture=True).attention
+    if name == "timesformer":
+        partial = DividedAttention(attention.captured[: 2 * blocks], attention.grid)
+        maps = compose_divided(partial)  # [B, H, N, N], tokens frame-major
+    else:
+        maps = attention.captured[:blocks]  # [B*T, H, 1+P, 1+P]
+    product = None
+    for a in maps:
+        fused = a.double().mean(1)
+        step = fused + torch.eye(fused.shape[-1], dtype=fused.dtype)
+        step = step / step.sum(-1, keepdim=True)
+        product = step if product is None else step @ product
+    row = product[:, 0, 1:]
+    return row.reshape(len(view), FRAMES, -1).mean(1)  # Pool-T: [B*T, P] -> [B, T, P] alike
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_the_patches_kept_inside_the_forward_are_the_top_of_the_first_blocks_rollout(name):
+    model = tiny(name)
+    method = et(model, explainer="rollout", prune_after=1, keep=0.25)  # 4 of 16 patches
+    data = batches(1)
+    clips = data[0].clips
+    (pruned,) = method.pruned_inside(model, {"video": clips}).values()
+    kept = []
+
+    def recording(partial):
+        kept.append(pruned.keep(partial))
+        return kept[-1]
+
+    view = downsample(clips, SIDE)
+    torch.testing.assert_close(pruned.view, view)
+    with torch.no_grad():
+        model(pruned.view, keep=recording, after=pruned.after)
+    expected = naive_partial_rollout(name, model, view, 1).argsort(1, descending=True)[:, :4]
+    assert torch.equal(kept[0], expected.sort(1).values)
+    full = naive_partial_rollout(name, model, view, 2).argsort(1, descending=True)[:, :4]
+    assert not torch.equal(full.sort(1).values, expected.sort(1).values)  # d blocks, not all
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_an_et_step_and_prediction_pruned_inside_the_forward_use_no_cache(name):
+    model = tiny(name)
+    method = et(model, prune_after=1)
+    data = batches()
+    passes, train_batches = counted(data)
+
+    method.start_epoch(model, 0, train_batches)
+    assert method.active and passes == [] and method.relevance == {}  # no explaining pass
+    model.train()
+    loss, logits = method.loss(model, data[0])
+    loss.backward()
+    assert torch.isfinite(loss) and logits.shape == (3, 3)
+    assert method.relevance == {} and method.state_dict()["relevance"] == {}
+    first = model.model.timesformer.encoder.layer[0] if name == "timesformer" else model.spatial[0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in first.parameters())
+    model.eval()
+    clips = data[1].clips
+    with torch.no_grad():
+        predicted = method.predict(model, {"video": clips})
+        view = downsample(clips, SIDE)
+        relevance = explain_input(model, view, "rollout_fem").relevance  # a whole forward
+        whole = model(view, keep=top_patches(relevance, 0.25)).logits
+    assert torch.isfinite(predicted).all()
+    (pruned,) = method.pruned_inside(model, {"video": clips}).values()
+    with torch.no_grad():
+        expected = model(view, keep=pruned.keep, after=1).logits
+    torch.testing.assert_close(predicted, expected)
+    assert (predicted - whole).abs().max() > 1e-4  # not the input pruning's prediction
+    assert method.relevance == {}
+    # the study's chance control (`et (random relevance)`): a random ranking in each forward
+    control = et(model, prune_after=1, explainer="random")
+    control.start_epoch(model, 0, train_batches)
+    (pruned,) = control.pruned_inside(model, {"video": clips}).values()
+    drawn = [pruned.keep(None) for _ in range(2)]
+    assert drawn[0].shape == (3, 4) and not torch.equal(drawn[0], drawn[1])
+    assert torch.isfinite(control.predict(model, {"video": clips})).all() and passes == []
+
+
+def test_in_forward_pruning_is_refused_where_it_cannot_run():
+    prune = ["methods.et.crop_policy=prune", "methods.et.prune_after=1"]
+    validate_study(compose("birds_video", prune))
+    for extra, message in [
+        (["methods.et.explainer=tibav"],
+         r"method\.prune_after: in-forward pruning ranks on the first blocks' attentions alone; "
+         r"expected method\.explainer one of rollout, rollout_fem, random, got 'tibav'"),
+        (["methods.et.explainer=fem"], r"method\.prune_after: .*got 'fem'"),
+        (["methods.et.prune_after=2"],
+         r"method\.prune_after: expected an integer in 1\.\.1 \(fewer than the 2 blocks the "
+         r"model prunes in\), got 2"),
+        (["model=pool_t", "methods.et.prune_after=2"], r"method\.prune_after: .* in 1\.\.1 "),
+        (["methods.et.prune_after=-1"],
+         r"method\.prune_after: expected an integer >= 0 \(0: prune the input\), got -1"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=r"methods\.et: " + message):
+            validate_study(compose("birds_video", [*prune, *extra]))
+    # a search over the explainers leaves the gradient ones out, and says why
+    searched = search_params(compose("birds_video", prune), "et")
+    (explainer,) = [p for p in searched.params if p.path == "method.explainer"]
+    assert explainer.candidates == ["rollout_fem", "rollout"]
+    assert searched.left_out[0].startswith("space.et.method.explainer = 'tibav'")
+    # another policy ignores prune_after (as it ignores keep)
+    validate_study(compose("birds_video", ["methods.et.prune_after=1"]))
+    # the README's search of it: drawn only with prune and a gradient-free explainer
+    searching = ("+space.et.method.prune_after={type: int, low: 0, high: 1, when: {"
+                 "method.crop_policy: prune, method.explainer: [rollout_fem, rollout]}}")
+    searched = search_params(compose("birds_video", [searching]), "et")
+    assert "method.prune_after" in [p.path for p in searched.params] and not searched.left_out
+    signal = ["methods.et.signal_policy=prune", "methods.et.prune_after=1",
+              "space.et.method.signal_policy.choices=[soft,prune]"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"method\.prune_after: model linformer cannot prune "
+                       r"inside its forward; expected method\.prune_after=0"):  # fmt: skip
+        validate_study(compose("birds_signal", signal))
+    with pytest.raises(ConfigError, match=r"in-forward pruning prunes every input in one forward;"
+                       r" expected method\.signal_policy=prune, got 'soft'"):  # fmt: skip
+        validate_study(compose("birds_hybrid", prune))
+    with pytest.raises(ValueError, match=r"method\.prune_after: .*got 'gradcam'"):
+        et(tiny("timesformer"), prune_after=1, explainer="gradcam")
+    with pytest.raises(ValueError, match=r"method\.prune_after: model linformer cannot prune"):
+        et(tiny_signal(), signal_policy="prune", prune_after=1)

@@ -21,7 +21,8 @@ random_relevance: the uniform random baseline every faithfulness evaluation comp
 On a model: `explain(model, inputs, explainer, target=None, **params)` gives relevance per input
 region of any model of harness/models, through its architecture's adapter
 (harness/explain/model.py); `explain_input` explains one input and also returns the logits and the
-explained class (`Explanation`); `explain_output` does the same from a captured forward already run.
+explained class (`Explanation`); `explain_output` does the same from a captured forward already run;
+`attention_relevance` is its attention-explainer part (ET's in-forward pruning ranks with it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from torch import Tensor
 
 from .attention import random_relevance, rollout, rollout_fem, rollout_grad, tibav
 from .cam import eigencam, fem, gradcam, gradcam_pp, reshape_tokens
-from .model import Explanation, check_explainer, explain, explain_input, explain_output
+from .model import (
+    Explanation,
+    attention_relevance,
+    check_explainer,
+    explain,
+    explain_input,
+    explain_output,
+)
 from .registry import ATTENTION_EXPLAINERS, EXPLAINERS, FEATURE_EXPLAINERS, NEEDS_GRADIENTS
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "FEATURE_EXPLAINERS",
     "NEEDS_GRADIENTS",
     "Explanation",
+    "attention_relevance",
     "check_explainer",
     "eigencam",
     "explain",

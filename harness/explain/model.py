@@ -88,20 +88,13 @@ def explain_output(
         if target is None:
             target = logits.argmax(-1)
         score = logits.gather(1, target[:, None]).sum() if needs_grad else None
-        tokens = adapter.input_tokens(model, device)  # None: every token is an input region
         if explainer == "random":  # one value per token, mapped to the regions it covers
+            tokens = adapter.input_tokens(model, device)  # None: every token is an input region
             count = math.prod(model.grid) if tokens is None else len(tokens)
             relevance = random_relevance((len(logits), count), generator).to(device)
             relevance = adapter.to_regions(model, relevance)
         elif explainer in ATTENTION_EXPLAINERS:
-            steps, gradients = adapter.attention_steps(out, explainer, score)
-            fn = ATTENTION_EXPLAINERS[explainer]
-            if tokens is not None and explainer in TAKES_TOKENS:
-                params = {**params, "tokens": tokens}
-            flat = fn(steps, gradients, **params) if needs_grad else fn(steps, **params)
-            if tokens is not None and explainer not in TAKES_TOKENS:
-                flat = flat[..., tokens]
-            relevance = adapter.to_regions(model, flat)
+            relevance = attention_relevance(model, out, explainer, device, score, **params)
         else:
             features = adapter.feature_grid(model, out.features.detach())
             fn = FEATURE_EXPLAINERS[explainer]
@@ -114,6 +107,31 @@ def explain_output(
     embedded = getattr(out, "embedded", None)
     embedded = None if embedded is None else embedded.detach()
     return Explanation(relevance.detach(), logits.detach(), target.detach(), embedded)
+
+
+def attention_relevance(
+    model: nn.Module,
+    out: object,
+    explainer: str,
+    device: torch.device,
+    score: Tensor | None = None,
+    **params: object,
+) -> Tensor:
+    """Relevance [B, *model.grid] of attention explainer `explainer` on the attentions a forward
+    captured (`out`, the model's output type; `score` the target score, for the gradient
+    explainers): its adapter's token-mixing steps through the pure explainer, mapped to the input
+    regions. `out` may hold the attentions of a forward's first blocks only (ET's in-forward
+    pruning ranks on them): the explanation of those blocks alone."""
+    adapter = model.adapter
+    tokens = adapter.input_tokens(model, device)  # None: every token is an input region
+    steps, gradients = adapter.attention_steps(out, explainer, score)
+    fn = ATTENTION_EXPLAINERS[explainer]
+    if tokens is not None and explainer in TAKES_TOKENS:
+        params = {**params, "tokens": tokens}
+    flat = fn(steps, gradients, **params) if score is not None else fn(steps, **params)
+    if tokens is not None and explainer not in TAKES_TOKENS:
+        flat = flat[..., tokens]
+    return adapter.to_regions(model, flat)
 
 
 def explain(

@@ -28,6 +28,27 @@ values zeroed, harness/models/signal.py); Video Swin-T cannot (its shifted windo
 merging need the whole grid): `prune` on an input whose architecture cannot prune is refused at
 config time (harness/config.py) and here, naming the model and the policy key.
 
+In-forward pruning (`prune_after` = d >= 1, with `prune`; 0, the default, is the input pruning
+above). A variant, not the poster's input pruning: token pruning inside the forward guided by the
+model's own early attention, as EViT (Liang et al., "Not All Patches are What You Need", ICLR
+2022) and DynamicViT (Rao et al., NeurIPS 2021) prune, but ranked by ET's explainer rather than a
+learned or class-attention score. One forward per step and per prediction: blocks 1..d run on the
+whole view with their attentions captured; the relevance is `explainer` (rollout or Rollout-FEM:
+the pure functions of harness/explain on those d blocks' attentions only, no gradient through the
+ranking) of the class token, or `random` (the study's chance control, a random ranking per
+forward); the top `keep` share of the spatial patches (`top_patches`, as the
+input pruning ranks) is kept, and blocks d+1..L run on the class token and the block-d outputs of
+the kept patches, every frame (`Pruned.after`, the adapters' `prunes_in_forward`: TimeSformer
+after d of its blocks, Pool-T after d of its spatial blocks, ranked through a uniform readout over
+the frame tokens since its temporal blocks and pooling come later). No cache, no explaining pass,
+no refresh: `refresh_every` and `full_input_weight`'s free refresh do not apply (a whole-view loss
+term still runs with `full_input_weight` > 0); the warm-up epochs stay vanilla. The gradient
+explainers (their score is the forward's end) and the feature-map ones are refused (config time
+and here), and so are d >= the blocks it prunes in and a model that cannot prune in its forward.
+`prune_after` is not in the default search spaces (the README's "Methods and explainers" says how
+to search it).
+A policy other than `prune` ignores `prune_after`, as it ignores `keep`.
+
 Which explanation each step uses, and how stale it can be:
 
 * A refresh epoch (the first ET epoch, then every `refresh_every`-th) uses explanations of the
@@ -47,6 +68,10 @@ Which explanation each step uses, and how stale it can be:
   whole view (every input); with `prune` the restricted forward reuses that forward's embedding
   of the clip or signal (`Explanation.embedded`) instead of embedding it again, so a prediction
   costs one whole forward plus the pruned one.
+* In-forward pruning (`prune_after` = d): every step and every prediction ranks on the current
+  model's partial explanation (its first d blocks' attentions) in that forward's own mode (train
+  mode in a step: dropout and stochastic depth as trained; eval at prediction), never stale; it
+  is a partial rollout, not the whole model's explanation, and nothing is cached.
 """
 
 from __future__ import annotations
@@ -60,9 +85,22 @@ import torch
 from torch import Tensor, nn
 
 from harness.data import Batch
-from harness.explain import NEEDS_GRADIENTS, explain_output
+from harness.explain import (
+    ATTENTION_EXPLAINERS,
+    NEEDS_GRADIENTS,
+    attention_relevance,
+    explain_output,
+    random_relevance,
+)
 from harness.methods.base import Inputs, TrainingMethod
-from harness.models.base import Pruned
+from harness.models.base import Adapter, Pruned, Selector
+
+# What in-forward pruning ranks with: the attention explainers that need no gradient (the first
+# blocks' attentions alone define them; a gradient explainer's score is the end of the forward),
+# and `random`, the study's chance control (`et (random relevance)`: a random ranking per forward).
+IN_FORWARD_EXPLAINERS = (
+    *(e for e in ATTENTION_EXPLAINERS if e not in NEEDS_GRADIENTS), "random"
+)
 
 
 class ET(TrainingMethod):
@@ -82,6 +120,15 @@ class ET(TrainingMethod):
             if policy == "prune" and not reader.prunes:
                 raise ValueError(prune_refusal(reader.name, reader.pruning, adapter.policy_key))
             self.policies[m] = policy
+        self.prune_after = int(self.cfg.get("prune_after", 0))
+        # in-forward pruning: every step and prediction ranks in its own forward, no cache
+        self.inside = self.prune_after > 0 and "prune" in self.policies.values()
+        if self.inside:
+            readers = {m: (a.policy_key, self.policies[m], a.adapter)
+                       for m, a in self.modalities.items()}  # fmt: skip
+            problem = prune_after_refusal(self.prune_after, self.explainer, readers)
+            if problem:
+                raise ValueError(problem)
         self.refresh_every = int(self.cfg.get("refresh_every", 1))
         self.warmup_epochs = math.floor(float(self.cfg.get("warmup_fraction", 0.0)) * self.epochs)
         self.full_input_weight = float(self.cfg.get("full_input_weight", 0.0))
@@ -117,6 +164,8 @@ class ET(TrainingMethod):
     ) -> None:
         refreshed = self.step_refresh  # the last epoch's steps refreshed every training clip
         self.active = epoch >= self.warmup_epochs
+        if self.inside:  # every step ranks in its own forward: nothing to refresh
+            return
         whole_view = not self.active or self.full_input_weight > 0
         self.step_refresh = (
             whole_view and self._refresh_due(epoch + 1) and self.explainer not in NEEDS_GRADIENTS
@@ -156,12 +205,40 @@ class ET(TrainingMethod):
             })  # fmt: skip
         return self.objective(logits, outputs, batch.labels), logits
 
+    def pruned_inside(self, model: nn.Module, inputs: Inputs) -> dict[str, Pruned]:
+        """Each input's view, to be pruned inside the forward after `prune_after` blocks on the
+        ranking of `selector`."""
+        views = self.view(inputs)
+        selectors = {m: self.selector(model.branch(m), m, x, views[m]) for m, x in inputs.items()}
+        return {m: Pruned(views[m], selectors[m], after=self.prune_after) for m in inputs}
+
+    def selector(self, branch: nn.Module, modality: str, x: Tensor, view: Tensor) -> Selector:
+        """select(partial) -> keep: the explainer on a forward's first blocks' attentions
+        (`attention_relevance`, no gradient), its regions kept by the `prune` policy itself."""
+
+        def select(partial: Any) -> Tensor:
+            with torch.no_grad():
+                if self.explainer == "random":  # the chance control: a fresh random ranking
+                    relevance = random_relevance((len(view), *branch.grid), device=view.device)
+                else:
+                    relevance = attention_relevance(
+                        branch, partial, self.explainer, view.device, **self.explainer_kwargs
+                    )
+            pruned = self.restrict({modality: x}, {modality: relevance}, {modality: view})
+            return pruned[modality].keep
+
+        return select
+
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         if not self.active:
             return self._view_loss(model, batch)
-        cached = [self.relevance[i] for i in batch.index.tolist()]
-        relevance = {m: torch.stack([c[m] for c in cached]) for m in batch.inputs}
-        logits, outputs = self.forward(model, self.restrict(batch.inputs, relevance))
+        if self.inside:
+            restricted = self.pruned_inside(model, batch.inputs)
+        else:
+            cached = [self.relevance[i] for i in batch.index.tolist()]
+            relevance = {m: torch.stack([c[m] for c in cached]) for m in batch.inputs}
+            restricted = self.restrict(batch.inputs, relevance)
+        logits, outputs = self.forward(model, restricted)
         loss = self.objective(logits, outputs, batch.labels)
         if self.full_input_weight:
             loss = loss + self.full_input_weight * self._view_loss(model, batch)[0]
@@ -170,6 +247,8 @@ class ET(TrainingMethod):
     def predict(self, model: nn.Module, inputs: Inputs) -> Tensor:
         if not (self.active and self.explain_at_test):
             return super().predict(model, inputs)
+        if self.inside:  # one forward, ranked on its own first blocks
+            return self.forward(model, self.pruned_inside(model, inputs))[0]
         views = self.view(inputs)
         explanations = self.explanations(model, inputs, views=views)
         relevance = {m: e.relevance for m, e in explanations.items()}
@@ -188,3 +267,38 @@ def prune_refusal(model: str, pruning: str, key: str) -> str:
         f"{key.replace('_', ' ')}, got 'prune' (a search: space.et.method.{key}.choices without "
         "prune)"
     )
+
+
+def prune_after_refusal(
+    after: int,
+    explainer: str,
+    readers: Mapping[str, tuple[str, str, Adapter]],
+    depth: int | None = None,
+) -> str | None:
+    """Why in-forward pruning (`prune_after` = `after` >= 1) cannot run, or None (config time and
+    here). `readers`: input -> (its policy key, its policy, the adapter of the architecture
+    reading it); `depth`: the blocks the model prunes in (`Adapter.prune_depth`), None unknown."""
+    again = "(or method.prune_after=0, the pruned-input forward)"
+    if explainer not in IN_FORWARD_EXPLAINERS:
+        return (
+            f"method.prune_after: in-forward pruning ranks on the first blocks' attentions alone; "
+            f"expected method.explainer one of {', '.join(IN_FORWARD_EXPLAINERS)}, got "
+            f"{explainer!r} {again}"
+        )
+    for key, policy, reader in readers.values():
+        if policy != "prune":
+            return (
+                f"method.prune_after: in-forward pruning prunes every input in one forward; "
+                f"expected method.{key}=prune, got {policy!r} {again}"
+            )
+        if not reader.prunes_in_forward:
+            return (
+                f"method.prune_after: model {reader.name} cannot prune inside its forward; "
+                f"expected method.prune_after=0 (the pruned-input forward), got {after}"
+            )
+    if depth is not None and not 0 < after < depth:
+        return (
+            f"method.prune_after: expected an integer in 1..{depth - 1} (fewer than the {depth} "
+            f"blocks the model prunes in), got {after}"
+        )
+    return None

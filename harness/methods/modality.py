@@ -125,6 +125,8 @@ def accepted(policy: Callable[..., Tensor], options: Mapping[str, float]) -> dic
 _ADAPTERS: dict[str, type] = {"video": VideoInput, "signal": SignalInput}
 # input -> the method-config key of ET's policy for it (what the config checks read)
 POLICY_KEYS: dict[str, str] = {name: adapter.policy_key for name, adapter in _ADAPTERS.items()}
+# input -> ET's policy for it when the method config names none
+DEFAULT_POLICIES: dict[str, str] = {name: a.default_policy for name, a in _ADAPTERS.items()}
 
 
 def modalities_of(model: nn.Module) -> dict[str, Modality]:

@@ -19,8 +19,11 @@ architecture is described to the harness:
 * `prunes` / `pruning`: whether the model runs on a subset of its input tokens (ET's `prune`
   policy, `crop_policy` for clips and `signal_policy` for signals: `forward(x, keep=...)`, see
   `Pruned`) and how, or why it cannot (a model that cannot refuses the policy at config time,
-  harness/config.py); `reader`: the adapter of the architecture reading one input (the hybrid's
-  branches each answer for their own).
+  harness/config.py); `prunes_in_forward` / `prune_depth`: whether it can also prune inside its
+  forward, after its first blocks, on a ranking made from those blocks' attentions
+  (`forward(x, keep=select, after=d)`, ET's `method.prune_after`), and how many blocks that count
+  is taken in; `reader`: the adapter of the architecture reading one input (the hybrid's branches
+  each answer for their own).
 
 The module itself keeps `modalities`, `branch` and `fuse` (`SingleInput` for one input) and a
 `forward(x, capture=False)` whose captured output carries `logits`, the attention the adapter reads
@@ -54,6 +57,10 @@ class Adapter:
     # `pruning` says how it prunes (or why it cannot), for the docs and the config error.
     prunes: ClassVar[bool] = False
     pruning: ClassVar[str] = "it has no pruned forward"
+    # In-forward pruning: `prunes_in_forward` True when `forward(x, keep=select, after=d)` runs its
+    # first d blocks on every token, ranks the input regions with `select` from those blocks'
+    # captured attentions and runs the other blocks on the kept tokens only (see `Pruned`).
+    prunes_in_forward: ClassVar[bool] = False
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         raise NotImplementedError
@@ -67,6 +74,12 @@ class Adapter:
         """The adapter of the architecture that reads input `modality` of a model of config
         `cfg`: this one (a multi-input model: its branch's)."""
         return self
+
+    def prune_depth(self, cfg: Mapping[str, Any]) -> int | None:
+        """The blocks of the stage a forward of a model of config `cfg` can prune inside
+        (`after` must be smaller); None: known only from the built model (a pretrained
+        checkpoint; its forward refuses a larger `after`)."""
+        return None
 
     def supported(self, cfg: Mapping[str, Any]) -> tuple[str, ...]:
         """The explainers a model of config `cfg` can serve (default: `explainers`)."""
@@ -94,26 +107,37 @@ class Adapter:
     def supervised_attention(self, output: Any, score: Tensor, class_rows: bool) -> AttentionPairs:
         raise NotImplementedError
 
+# select(partial) -> keep: the kept input regions int64 [B, k] (ascending), ranked from `partial`,
+# an output of the model's type holding the attentions its first `after` blocks captured (its
+# logits None). A model pruning inside its forward calls it between those blocks and the others.
+Selector = Callable[[Any], Tensor]
+
+
 @dataclass
 class Pruned:
     """A model input restricted to some of its tokens (ET's `prune` policy): the branch runs as
-    `branch(view, keep=keep, tokens=tokens)`.
+    `branch(view, keep=keep, tokens=tokens)` (with `after=after` when `after` > 0).
 
     view: what the model would see of the whole input (clips [B, T, 3, S, S], signals [B, L, C]);
     keep: int64 [B, k], ascending: the kept input regions of each sample (for clips the spatial
-    patches p = row * w + col, the same in every frame; for signals the time tokens t);
+    patches p = row * w + col, the same in every frame; for signals the time tokens t), dropped
+    before the first block; or, with `after` = d > 0 (in-forward pruning, `prunes_in_forward`), a
+    `Selector` the model calls on its first d blocks' attentions: those blocks run on every
+    token, the others on the block-d outputs of the kept regions' tokens only;
     tokens: the embedding of `view` from an earlier forward of the same model (the explaining
     forward's `embedded`), reused instead of embedding the view again; None: embed it."""
 
     view: Tensor
-    keep: Tensor
+    keep: Tensor | Selector
     tokens: Tensor | None = None
+    after: int = 0
 
 
 def run_branch(branch: nn.Module, x: Tensor | Pruned, capture: bool = False) -> Any:
     """`branch(x, capture=...)`, or its pruned forward for a `Pruned` input."""
     if isinstance(x, Pruned):
-        return branch(x.view, capture=capture, keep=x.keep, tokens=x.tokens)
+        inside = {"after": x.after} if x.after else {}
+        return branch(x.view, capture=capture, keep=x.keep, tokens=x.tokens, **inside)
     return branch(x, capture=capture)
 
 

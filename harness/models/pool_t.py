@@ -30,6 +30,7 @@ last spatial block (their patch tokens reach the class through its frame token).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from harness.models.base import (
     AttentionGate,
     AttentionPairs,
     Need,
+    Selector,
     SingleInput,
     check_clip_shape,
     check_clips,
@@ -149,8 +151,9 @@ class PoolTClassifier(SingleInput, nn.Module):
         clips: Tensor,
         *,
         capture: bool = False,
-        keep: Tensor | None = None,
+        keep: Tensor | Selector | None = None,
         tokens: Tensor | None = None,
+        after: int = 0,
     ) -> PoolTOutput:
         """Logits (and with `capture` the attentions and CAM features) of clips.
 
@@ -158,21 +161,39 @@ class PoolTClassifier(SingleInput, nn.Module):
         frame; each frame's class token and kept patch tokens (position embeddings added) are all
         the spatial blocks see, so the frame tokens read the kept patches only. `tokens`: this
         clip's embedding from an earlier forward (`PoolTOutput.embedded`) instead of `clips`.
+
+        `after` = d in 1..(spatial blocks - 1) (ET's `method.prune_after`): spatial blocks 1..d
+        run on every token with their attentions captured, `keep` is a `Selector` called on them
+        and spatial blocks d+1.. run on each frame's class token and the block-d outputs of its
+        kept patches (not with `capture`). The `PoolTOutput` it is called on holds the d blocks'
+        attentions and, for the temporal blocks and the importance pooling not yet run, a
+        uniform pooling over the frames (w_t = 1/T): the clip read as the mean of its frame
+        tokens, the only readout those blocks give without the later ones.
         """
+        if after and (capture or not callable(keep) or not 0 < after < len(self.spatial)):
+            raise ValueError(
+                f"after={after}: in-forward pruning needs 0 < after < the model's "
+                f"{len(self.spatial)} spatial blocks, a keep selector, and no capture"
+            )
         if tokens is None:
             check_clip_shape(clips, self.num_frames, self.image_size)
             x = self.patch_embed(normalise_clips(clips).flatten(0, 1)).flatten(2).transpose(1, 2)
             tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
         T = self.num_frames
         B = len(tokens) // T
-        x = tokens
-        if keep is not None:  # the frame token and the kept patches of every frame
-            index = torch.cat([keep.new_zeros(B, 1), keep + 1], 1).repeat_interleave(T, 0)
-            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-        with capturing(self, capture) as kept, gating(self):
-            for block in self.spatial:
-                features = x
-                x = block(x)
+        x, features = tokens, None
+        with capturing(self, capture or bool(after)) as kept, gating(self):
+            for block in self.spatial[:after]:
+                features, x = x, block(x)
+            if keep is not None:  # the frame token and the kept patches of every frame
+                if after:  # rank on the first blocks' attentions; the rest are not kept
+                    uniform = x.new_full((B, T), 1 / T)
+                    keep = keep(PoolTOutput(None, PoolTAttention([*kept, uniform], T, after)))
+                    kept.clear()
+                index = torch.cat([keep.new_zeros(B, 1), keep + 1], 1).repeat_interleave(T, 0)
+                x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+            for block in self.spatial[after:]:
+                features, x = x, block(x)
             frames = x[:, 0].unflatten(0, (B, T)) + self.time_embed  # [B, T, C]
             for block in self.temporal:
                 frames = block(frames)
@@ -189,6 +210,11 @@ class PoolTAdapter(Adapter):
     inputs = ("video",)
     prunes = True
     pruning = "the same spatial patches in every frame (the spatial blocks; frame tokens kept)"
+    prunes_in_forward = True  # after its first spatial blocks, on their attentions
+
+    def prune_depth(self, cfg: Mapping[str, Any]) -> int | None:
+        """The spatial blocks (the temporal ones see the frame tokens only)."""
+        return int(cfg.get("spatial_layers", 2))
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         return PoolTClassifier(num_classes, **cfg)

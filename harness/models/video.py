@@ -16,13 +16,17 @@ token-mixing steps per block (harness/explain/video.py: temporal then spatial, t
 read out as it is), its CAM features the tokens entering the last block, its relevance per (frame,
 patch), and IFI on both attentions of every block.
 
+The blocks run one by one (`_blocks`), so that a forward can prune its patch tokens before the
+first block (ET's `prune`) or after the first d (ET's `prune_after`, ranked on those blocks'
+captured attentions).
+
 `attention_gate` (harness/models/base.py), when set, re-weights each attention's probabilities
 through a forward hook on its `attn_drop` (the output replaces them before they mix the values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +40,7 @@ from harness.models.base import (
     AttentionGate,
     AttentionPairs,
     Need,
+    Selector,
     SingleInput,
     check_clip_shape,
     check_clips,
@@ -169,8 +174,9 @@ class TimeSformerClassifier(SingleInput, nn.Module):
         clips: torch.Tensor,
         *,
         capture: bool = False,
-        keep: torch.Tensor | None = None,
+        keep: torch.Tensor | Selector | None = None,
         tokens: torch.Tensor | None = None,
+        after: int = 0,
     ) -> VideoOutput:
         """Logits (and with `capture` both attentions and the CAM features) of clips.
 
@@ -181,32 +187,56 @@ class TimeSformerClassifier(SingleInput, nn.Module):
         over the class token and the k kept patches of a frame, every MLP over 1 + k*T tokens,
         and the class token reads the kept patches only. `tokens`: this clip's embedding from an
         earlier forward (`VideoOutput.embedded`), used instead of embedding `clips` again.
+
+        `after` = d in 1..L-1 (ET's `method.prune_after`): blocks 1..d run on every token with
+        their attentions captured, `keep` is a `Selector` called on them (a `VideoOutput` with the
+        d blocks' `DividedAttention` and no logits), and blocks d+1..L run on the class token and
+        the block-d outputs of the kept patches, every frame (not with `capture`: such a forward
+        has no one token grid to explain; explain the full forward).
         """
+        layers = self.model.timesformer.encoder.layer
+        if after and (capture or not callable(keep) or not 0 < after < len(layers)):
+            raise ValueError(
+                f"after={after}: in-forward pruning needs 0 < after < the model's {len(layers)} "
+                "blocks, a keep selector, and no capture"
+            )
         self._gated = 0
         if tokens is None:
             check_clip_shape(clips, self.num_frames, self.image_size)
             tokens = self.model.timesformer.embeddings((clips - self.mean) / self.std)
-        embedded, grid = tokens, self.grid
-        if keep is not None:
-            tokens = keep_patches(tokens, keep, self.num_frames)
-            grid = (self.num_frames, 1, keep.shape[1])
-        self._captured = [] if capture else None
+        embedded, grid, T = tokens, self.grid, self.num_frames
+        self._captured = [] if capture or after else None
         try:
-            with patches_per_frame(self.model.config, grid[1] * grid[2]):
-                out = self.model.timesformer.encoder(tokens, output_hidden_states=capture)
+            x, features = self._blocks(tokens, layers[:after], grid, None)
+            if keep is not None:
+                if after:  # rank on the first blocks' attentions; the rest are not kept
+                    keep = keep(VideoOutput(None, DividedAttention(self._captured, grid)))
+                    self._captured = None
+                x, grid = keep_patches(x, keep, T), (T, 1, keep.shape[1])
+            x, features = self._blocks(x, layers[after:], grid, features)
             probs = self._captured
         finally:
             self._captured = None
-        sequence = self.model.timesformer.layernorm(out.last_hidden_state)
-        logits = self.model.classifier(sequence[:, 0])
+        logits = self.model.classifier(self.model.timesformer.layernorm(x)[:, 0])
         if not capture:
             return VideoOutput(logits=logits)
         return VideoOutput(
             logits=logits,
             attention=DividedAttention(probs, grid),
-            features=out.hidden_states[-2],
+            features=features,
             embedded=embedded,
         )
+
+    def _blocks(
+        self, x: torch.Tensor, layers: nn.ModuleList, grid: tuple[int, int, int],
+        entering: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """`layers` in turn on tokens x of a clip with `grid`'s patches per frame: (their output,
+        the tokens entering the last of them; `entering` when there are none)."""
+        with patches_per_frame(self.model.config, grid[1] * grid[2]):
+            for layer in layers:
+                entering, x = x, layer(x)[0]
+        return x, entering
 
 
 def keep_patches(tokens: torch.Tensor, keep: torch.Tensor, frames: int) -> torch.Tensor:
@@ -237,6 +267,10 @@ class TimeSformerAdapter(Adapter):
     inputs = ("video",)
     prunes = True
     pruning = "the same spatial patches in every frame (both divided attentions, every MLP)"
+    prunes_in_forward = True
+
+    def prune_depth(self, cfg: Mapping[str, Any]) -> int | None:
+        return None if cfg.get("pretrained") else int(cfg.get("num_layers", 2))
 
     def build(self, num_classes: int, signal_channels: int | None, **cfg: Any) -> nn.Module:
         return TimeSformerClassifier.from_config(num_classes, **cfg)
