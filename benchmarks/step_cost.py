@@ -23,6 +23,8 @@ process:
   step per batch of a `--batches`-batch training set, averaged over `refresh_every` epochs;
 * predict: `method.predict` in eval mode without autograd (ET: explain the whole view, then
   classify the restricted clip);
+* predict FLOPs: the floating-point operations of one prediction's matrix products, convolutions
+  and attentions as torch's `FlopCounterMode` counts them: the work, which no load moves;
 * memory: the bytes the step's forward saves for backward (distinct storages, via
   `torch.autograd.graph.saved_tensors_hooks`): the activation memory, what pruning cuts. On CUDA
   also the step's peak allocated memory (`torch.cuda.max_memory_allocated`).
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -173,6 +176,7 @@ def measure(cfg: dict, batch_size: int, args) -> dict[str, dict]:
                 method.start_epoch(model, epoch, lambda: iter(batches))
                 for batch in batches:
                     step(batch)
+
         def predict(method=method, model=model) -> None:
             model.eval()
             with torch.no_grad():
@@ -185,6 +189,9 @@ def measure(cfg: dict, batch_size: int, args) -> dict[str, dict]:
                 torch.cuda.reset_peak_memory_stats(args.device)
             step()
         results[row]["memory"] = saved.total
+        with FlopCounterMode(display=False) as counted:  # what no load moves
+            predict()
+        results[row]["predict FLOPs"] = counted.get_total_flops()
         if args.device.type == "cuda":
             results[row]["peak"] = torch.cuda.max_memory_allocated(args.device)
         runs[row] = {"step": step, "epoch": epochs, "predict": predict}
@@ -208,7 +215,8 @@ def measure(cfg: dict, batch_size: int, args) -> dict[str, dict]:
 
 def table(results: dict[str, dict]) -> list[str]:
     base = results["vanilla"]
-    columns = ["step", "epoch", "predict", "memory"] + (["peak"] if "peak" in base else [])
+    columns = ["step", "epoch", "predict", "predict FLOPs", "memory"]
+    columns += ["peak"] if "peak" in base else []
     lines = ["| method | " + " | ".join(f"{c} x vanilla" for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]  # fmt: skip
     for row, result in results.items():
@@ -243,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results = measure(cfg, batch_size, args)
             base = results["vanilla"]
-            print(f"\n**{model}, {size}** (batch {batch_size}; vanilla: step "
-                  f"{base['step']:.0f} ms, epoch {base['epoch']:.0f} ms, predict "
-                  f"{base['predict']:.0f} ms, {base['memory'] / 2**20:.0f} MiB saved)\n")
+            print(
+                f"\n**{model}, {size}** (batch {batch_size}; vanilla: step "
+                f"{base['step']:.0f} ms, epoch {base['epoch']:.0f} ms, predict "
+                f"{base['predict']:.0f} ms, {base['memory'] / 2**20:.0f} MiB saved)\n"
+            )
             print("\n".join(table(results)), flush=True)
     return 0
 

@@ -31,6 +31,18 @@ def test_captures_both_attentions_with_their_shapes(model):
     torch.testing.assert_close(out.logits, model(clips).logits)
 
 
+def test_the_block_by_block_forward_equals_transformers_own(model):
+    """The wrapper runs transformers' layers one by one (so a forward can prune between them):
+    its logits and CAM features are those of `TimesformerForVideoClassification` itself on the
+    normalised clips (its logits, and its hidden state entering the last block)."""
+    clips = torch.rand(2, 4, 3, 16, 16)
+    reference = model.model(pixel_values=(clips - model.mean) / model.std,
+                            output_hidden_states=True)  # fmt: skip
+    out = model(clips, capture=True)
+    torch.testing.assert_close(out.logits, reference.logits, **EXACT)
+    torch.testing.assert_close(out.features, reference.hidden_states[-2], **EXACT)
+
+
 def test_wrong_frame_count_is_rejected(model):
     with pytest.raises(ValueError, match=r"clips must be \[B, 4, 3, 16, 16\]"):
         model(torch.rand(1, 3, 3, 16, 16))
