@@ -67,6 +67,10 @@ SAMPLING_POLICIES: tuple[str, ...] = ("uniform", "center")
 BACKENDS: tuple[str, ...] = ("auto", "decord", "pyav")
 
 _decord_lock = threading.Lock()
+# decord's VideoReader constructor is not thread-safe: two opened at once in the cache's decoding
+# threads aborted the process (`Fatal Python error: Aborted` in VideoReader.__init__, seen once in
+# CI). Opening is serialised; the decoding (`get_batch`) still runs in parallel.
+_decord_open_lock = threading.Lock()
 _decord_module: object | None = None
 _decord_checked = False
 
@@ -249,7 +253,7 @@ def _to_numpy(batch) -> np.ndarray:
 
 def _decord_decodable_length(decord, path: Path, limit: int) -> int:
     """How many frames decode from the start (sequential reads, at most ``limit``)."""
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    vr = _open_decord(decord, path)
     count = 0
     try:
         vr.seek(0)
@@ -261,10 +265,16 @@ def _decord_decodable_length(decord, path: Path, limit: int) -> int:
     return count
 
 
+def _open_decord(decord, path: Path):
+    """A one-thread decord VideoReader of `path`, opened under `_decord_open_lock`."""
+    with _decord_open_lock:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+
 def _read_decord(
     decord, path: Path, num_frames: int, size: int | None, sampling: str
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    vr = _open_decord(decord, path)
     available = len(vr)
     if available < 1:
         raise ValueError("no video frames")
@@ -278,7 +288,7 @@ def _read_decord(
             raise
         available = decodable
         indices = sample_indices(available, num_frames, sampling)
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        vr = _open_decord(decord, path)
         frames = _to_numpy(vr.get_batch(indices.tolist()))
     if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise ValueError(f"decord returned frames of shape {frames.shape}")
