@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--explainers", default=None,
-        help="comma-separated explainers for the final models (default: the methods' own "
-        "explainers and random)",
+        help="comma-separated explainers for the final models, tested like for like (default: "
+        "evaluation.explainers, the like-for-like table's)",
     )  # fmt: skip
     readme = parser.add_argument_group("README results (--readme)")
     readme.add_argument("--readme", type=Path, help="the README whose results blocks to rewrite")

@@ -370,7 +370,8 @@ class _Engine:
 
         seeds = final_seeds(self.cfg)
         space = {"method": tune.grid_search(list(arms)), "seed": tune.grid_search(seeds)}
-        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=arms)
+        trainable = tune.with_parameters(_retrain, run=self.trainable, configs=arms,
+                                         first_seed=seeds[0])  # fmt: skip
         return self.fit("final", trainable, space, {"stage": "final"}, len(arms) * len(seeds),
                         lambda: {"num_samples": 1})  # fmt: skip
 
@@ -398,15 +399,22 @@ def final_arms(cfg: DictConfig, best: dict[str, dict[str, Any]]) -> dict[str, di
     like-for-like faithfulness test on (`evaluation.like_for_like`), and with `final.controls`
     and an ET arm, `et (random relevance)`: ET's selected configuration (same policy, knobs and
     seeds) with `random` relevance, which tells the explanation's effect from the crop's (with
-    `study.models`, one per model: `<model>-et (random relevance)`)."""
+    `study.models`, one per model: `<model>-et (random relevance)`). With
+    `report.explain_models`, a study method's arm (the models the report explains) also has
+    `evaluation.explain_model` on; `_retrain` keeps it for the lowest seed only."""
     arms = {}
+    methods = set(cfg.study.methods)
     for method, config in best.items():
         config = exported(cfg, config)
         config["evaluation"]["like_for_like"] = True
+        config["evaluation"]["explain_model"] = bool(cfg.report.explain_models) and (
+            method in methods
+        )
         arms[method] = config
         if config["method"]["name"] == "et" and cfg.final.get("controls", True):
             control = copy.deepcopy(config)
             control["method"]["explainer"] = "random"
+            control["evaluation"]["explain_model"] = False
             arms[CONTROL if method == "et" else f"{method} (random relevance)"] = control
     return arms
 
@@ -421,8 +429,16 @@ def _saved_trials(path: Path) -> list:
     return tune.ExperimentAnalysis(str(path)).trials
 
 
-def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]]) -> None:
-    run({**configs[config["method"]], "seed": config["seed"]})
+def _retrain(config: dict[str, Any], run, configs: dict[str, dict[str, Any]],
+             first_seed: int) -> None:  # fmt: skip
+    """Train arm `config["method"]` on `config["seed"]`: the lowest seed's run is the one whose
+    model the report explains (`evaluation.explain_model`), the others only test it."""
+    arm = copy.deepcopy(configs[config["method"]])
+    evaluation = arm["evaluation"]
+    evaluation["explain_model"] = bool(evaluation.get("explain_model")) and (
+        config["seed"] == first_seed
+    )
+    run({**arm, "seed": config["seed"]})
 
 
 def _reason(error: BaseException) -> str:

@@ -29,6 +29,7 @@ from harness.data import iterate_batches, open_dataset
 from harness.data.folders import DatasetError
 from harness.evaluate import (
     OcclusionResult,
+    TrainedModel,
     evaluate_accuracy,
     evaluate_occlusion,
     faithfulness_table,
@@ -250,9 +251,7 @@ def train_and_evaluate(
                 model, method, dataset, val_idx, eval_cfg, eval_batch_size, device
             ).as_metrics("val_occ")
         )
-    test = _evaluate_test(
-        model, method, dataset, eval_cfg, eval_batch_size, device, int(config["seed"])
-    )
+    test = _evaluate_test(config, model, method, dataset, eval_batch_size, device, artifacts_dir)
     metrics.update(test.metrics)
     if artifacts_dir is not None:
         _save_artifacts(config, model, method, dataset, test.occlusion, artifacts_dir, device)
@@ -279,12 +278,19 @@ class _TestResult:
 
 PREDICTIONS_FILE = "predictions.csv"
 FAITHFULNESS_FILE = "faithfulness.csv"
+EXPLAINED_DIR = "explained"  # evaluation.explain_model: the like-for-like evaluation's folder
 
 
-def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device, seed) -> _TestResult:
+def _evaluate_test(config, model, method, dataset, batch_size, device, artifacts_dir
+                   ) -> _TestResult:  # fmt: skip
     """Test accuracy (and every clip's prediction), the occlusion test of the method's own
     pipeline and explainer, and with `evaluation.like_for_like` (the study's final stage) the
-    like-for-like faithfulness of `evaluation.explainers` (`ff_<explainer>_<metric>`)."""
+    like-for-like faithfulness of `evaluation.explainers` (`ff_<explainer>_<metric>`). With
+    `evaluation.explain_model` too (the final stage's lowest seed of each method) that test is
+    `python -m harness.evaluate --protocol like_for_like`'s, written to
+    `<artifacts_dir>/explained/` (curves, trends, galleries, sanity check: what the study report
+    shows of the model, so it need not explain the model again)."""
+    eval_cfg, seed = config["evaluation"], int(config["seed"])
     test_idx = dataset.indices("test")
     test = evaluate_accuracy(
         model, method, dataset, test_idx, batch_size, device, keep_predictions=True
@@ -295,9 +301,20 @@ def _evaluate_test(model, method, dataset, eval_cfg, batch_size, device, seed) -
     metrics = {"test_loss": test.loss, "test_accuracy": test.accuracy, **occlusion.as_metrics()}
     faithfulness = None
     if eval_cfg.get("like_for_like"):
+        results = None
+        if eval_cfg.get("explain_model") and artifacts_dir is not None:
+            from harness.evaluate.__main__ import explain_model
+
+            results = explain_model(
+                TrainedModel(dataset, model, method), config, artifacts_dir / EXPLAINED_DIR,
+                device, explainers=[str(e) for e in eval_cfg["explainers"]],
+                protocol="like_for_like", batch_size=batch_size,
+                source=f"the final trial's own model (seed {seed}), explained in the trial",
+            ).results  # fmt: skip
         faithfulness = faithfulness_table(
-            model, method, dataset, test_idx, eval_cfg, batch_size, device, seed=seed
-        )
+            model, method, dataset, test_idx, eval_cfg, batch_size, device, seed=seed,
+            results=results,
+        )  # fmt: skip
         metrics.update(flat_faithfulness(faithfulness))
     return _TestResult(metrics, occlusion, test.predictions, faithfulness)
 

@@ -1,21 +1,26 @@
 """The final re-trainings of a study in its report: their test accuracies (a dot-and-interval plot)
 and what their explanations do (every method's model put through the same explainers).
 
-Explanations: for each method, the final model of its lowest seed is evaluated by
-`harness.evaluate.evaluate_explainers` on the test split with one set of explainers for every
-method (like for like): the union of the methods' own explainers, plus `random`, the floor. Its
-outputs go to `report/models/<method>/` (explainer table, occlusion curves, per-class trends,
-galleries of the first `evaluation.gallery_clips` test inputs, the same ones for every method);
-`models/<method>/source.json` records which checkpoint and explainers made them, so a rebuilt
-report reuses them unless the checkpoint or the explainers changed. Video, signal and hybrid
-models alike: curves, trends and galleries are made per input the model reads (a hybrid's curves
-with both inputs occluded and with each alone; its gallery shows the frames above the signal).
+Explanations: for each method, the final model of its lowest seed is evaluated like for like
+(`python -m harness.evaluate --protocol like_for_like`: the model's plain forward, every explainer
+with its default parameters, the same protocol for every method) on the test split with one set of
+explainers for every method: `evaluation.explainers` (the like-for-like table's, `random`, the
+floor, among them). Its outputs go to `report/models/<method>/` (explainer table, occlusion curves,
+per-class trends, galleries of the first `evaluation.gallery_clips` test inputs, the same ones for
+every method). The study's final stage already ran that evaluation in the trial of that seed
+(`evaluation.explain_model`, its checkpoint's `explained/`): it is copied, not run again, when it
+holds what is asked (`explained.json`: the explainers, protocol, inputs, split and seed);
+`models/<method>/source.json` records which checkpoint and explainers made the folder, so a rebuilt
+report reuses it unless the checkpoint or the explainers changed. Video, signal and hybrid models
+alike: curves, trends and galleries are made per input the model reads (a hybrid's curves with
+both inputs occluded and with each alone; its gallery shows the frames above the signal).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +101,6 @@ def plot_final_accuracy(intervals: pd.DataFrame, folder: Path, synthetic: bool) 
                        synthetic)  # fmt: skip
 
 
-def _own_explainer(config: dict) -> str:
-    """The explainer a trial config's method uses (TrainingMethod: method.explainer, else the
-    evaluation explainer)."""
-    return str(config["method"].get("explainer", config["evaluation"]["explainer"]))
-
-
 @dataclass
 class ModelSet:
     """The model each method's explanations are computed on (its lowest seed's final run)."""
@@ -111,8 +110,10 @@ class ModelSet:
 
     @property
     def explainers(self) -> list[str]:
-        own = [_own_explainer(c) for c in self.configs.values()]
-        return list(dict.fromkeys([*own, FLOOR]))
+        """The like-for-like explainers (`evaluation.explainers` of the models' configs, `random`
+        among them)."""
+        names = [str(e) for c in self.configs.values() for e in c["evaluation"]["explainers"]]
+        return list(dict.fromkeys([*names, FLOOR]))
 
 
 def model_set(study: StudyFolder) -> ModelSet:
@@ -132,26 +133,44 @@ def evaluate_models(models: ModelSet, folder: Path, explainers: Sequence[str] | 
     folder/<method>/ (reused when source.json matches: the same checkpoint, seed, explainers and
     inputs explained, so an evaluation of a hybrid's video alone is redone); returns method -> its
     folder."""
-    from harness.evaluate.__main__ import evaluate_explainers
+    from harness.evaluate.__main__ import EXPLAINED_FILE, evaluate_explainers, explained_stamp
     from harness.models import model_inputs
+    from harness.train import EXPLAINED_DIR
 
     explainers = list(explainers or models.explainers)
     done = {}
     for method, run in models.runs.items():
         config = models.configs[method]
         output = folder / method
-        source = {"checkpoint": str(run.checkpoint), "seed": run.seed, "explainers": explainers,
-                  "inputs": list(model_inputs(config["model"]))}  # fmt: skip
-        stamp = output / SOURCE_FILE
-        if not (stamp.is_file() and json.loads(stamp.read_text()) == source
-                and (output / "occlusion_curves.csv").is_file()):  # fmt: skip
+        wanted = explained_stamp(explainers, PROTOCOL, model_inputs(config["model"]), "test",
+                                 run.seed)  # fmt: skip
+        source = {"checkpoint": str(run.checkpoint), **wanted}
+        stamp, trials = output / SOURCE_FILE, run.checkpoint / EXPLAINED_DIR
+        if _holds(output, SOURCE_FILE, source):
+            pass
+        elif _holds(trials, EXPLAINED_FILE, wanted):  # the final trial explained its model
+            shutil.rmtree(output, ignore_errors=True)
+            shutil.copytree(trials, output)
+            stamp.write_text(json.dumps(source, indent=1))
+        else:
             print(f"report: explaining the {method} model (seed {run.seed}) with "
                   f"{', '.join(explainers)}", flush=True)  # fmt: skip
             evaluate_explainers(config, run.checkpoint / "model.pt", output,
-                                explainers=explainers, source=str(run.checkpoint))  # fmt: skip
+                                explainers=explainers, protocol=PROTOCOL,
+                                source=str(run.checkpoint))  # fmt: skip
             stamp.write_text(json.dumps(source, indent=1))
         done[method] = output
     return done
+
+
+PROTOCOL = "like_for_like"  # the report's: the same protocol for every method it compares
+
+
+def _holds(folder: Path, stamp: str, expected: dict) -> bool:
+    """Whether `folder` is a finished evaluation whose stamp file says `expected`."""
+    path = folder / stamp
+    return (path.is_file() and json.loads(path.read_text()) == expected
+            and (folder / "occlusion_curves.csv").is_file())  # fmt: skip
 
 
 def read_curves(folder: Path) -> dict[str, dict[str, SimpleNamespace]]:

@@ -159,8 +159,8 @@ def _explainer_tables(study: StudyFolder) -> list[str]:
 
 def _figure_sources(study: StudyFolder) -> dict[str, tuple[Path, str]]:
     """Each figure kind the study has -> the report's PNG of it and which one it is, where a
-    kind is per method (the last method's, ET's by default) or per explainer (that model's own
-    explainer before `random`)."""
+    kind is per method (the last method's, ET's by default) or per explainer (the first of the
+    explainers that model was put through, `random` last)."""
     report = study.folder / "report"
     sources = {}
     methods = list(reversed(study.methods))
@@ -170,7 +170,7 @@ def _figure_sources(study: StudyFolder) -> dict[str, tuple[Path, str]]:
         elif kind in ("gallery", "trends"):
             sub = "galleries" if kind == "gallery" else "trends"
             paths = [(report / "models" / m / sub / f"{e}.png", f"{m}, {e}") for m in methods
-                     for e in _own_explainers(report / "models" / m)]  # fmt: skip
+                     for e in _explained_by(report / "models" / m)]  # fmt: skip
         else:
             paths = [(report / "figures" / f"{kind}.png", "")]
         found = next((p for p in paths if p[0].is_file()), None)
@@ -179,7 +179,7 @@ def _figure_sources(study: StudyFolder) -> dict[str, tuple[Path, str]]:
     return sources
 
 
-def _own_explainers(folder: Path) -> list[str]:
+def _explained_by(folder: Path) -> list[str]:
     """The explainers a final model was put through, `random` (the floor) last."""
     source = folder / "source.json"
     names = json.loads(source.read_text()).get("explainers", []) if source.is_file() else []

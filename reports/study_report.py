@@ -200,11 +200,13 @@ def _model_sections(page: Page, study: StudyFolder, report: Path, explain: bool,
         "Occlusion test of the final models",
         image_html(_rel(figures[0], report), "MoRF and LeRF accuracy, one row per method and "
                    "occluded input"),
-        f"<p class='note'>Each method's final model ({esc(seeds)}) on the test split, every "
-        "method through the same explainers (random: the floor; a faithful explainer falls "
+        f"<p class='note'>Each method's final model ({esc(seeds)}) on the test split, like for "
+        "like: every method through the same explainers (evaluation.explainers, default "
+        "parameters) and the model's plain forward of the whole inputs (no ET restriction), the "
+        "protocol of the like-for-like table (random: the floor; a faithful explainer falls "
         "faster than it under MoRF and slower under LeRF). One model per method: the spread "
-        "over seeds is not shown here; the comparison table has each method's own explainer "
-        "over all seeds.</p>", several, *tables,
+        "over seeds is not shown here; the like-for-like table has the means over seeds, the "
+        "comparison table each method's own pipeline and explainer.</p>", several, *tables,
     )  # fmt: skip
     cells = []
     for method, folder in folders.items():
@@ -291,8 +293,8 @@ def build_report(study_dir: Path | str, *, explain: bool = True,
                  explainers: Sequence[str] | None = None) -> Report:  # fmt: skip
     """Write the report of the study in `study_dir` (see the module docstring). `explain`: put the
     final models through the explainers (else reuse what report/models/ holds); `explainers`:
-    that set (default: the methods' own explainers and random). StudyFolderError when the folder
-    is not a study or no stage has finished."""
+    that set (default: evaluation.explainers, the like-for-like set). StudyFolderError when the
+    folder is not a study or no stage has finished."""
     study = load_study_folder(study_dir)
     report = study.folder / "report"
     report.mkdir(exist_ok=True)

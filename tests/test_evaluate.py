@@ -175,6 +175,77 @@ def test_an_explicit_explainer_equals_the_methods_own(tmp_path, workspace):
     assert first.equal(again) and not first.equal(other)
 
 
+def test_the_like_for_like_protocol_is_the_studys_like_for_like_test(tmp_path, workspace):
+    """`--protocol like_for_like` (what a study report shows) predicts with the plain forward and
+    every explainer's default parameters: its numbers equal `faithfulness_table`'s, computed
+    independently; the default protocol goes through ET's pipeline and its own parameters."""
+    from harness.evaluate import evaluate_accuracy, faithfulness_table
+
+    root, _, _ = workspace
+    config = tiny_config(root / "cache", "et", ["methods.et.k=1.0", "evaluation.tie_draws=2"])
+    folder = save_model_folder(config, tmp_path / "et")
+    trained = load_trained(config, folder / "model.pt")
+    explainers = ["rollout_fem", "tibav", "random"]
+    config["evaluation"]["explainers"] = explainers
+    for protocol in ("like_for_like", "pipeline"):
+        code = main([str(folder), "evaluation.occlusion_levels=[0.0,0.5]", "evaluation.tie_draws=2",
+                     "--explainers", ",".join(explainers), "--protocol", protocol,
+                     "--output", str(tmp_path / protocol)])  # fmt: skip
+        assert code == 0
+    indices = trained.dataset.indices("test")
+    args = (trained.model, trained.method, trained.dataset, indices, config["evaluation"], 4)
+    reference = faithfulness_table(*args).set_index("explainer")
+    table = pd.read_csv(tmp_path / "like_for_like" / "explainers.csv").set_index("explainer")
+    columns = ["morf_auc", "lerf_auc", "gap", "gap_rel", "seed_morf_acc", "seed_lerf_acc",
+               "distinct_video", "energy_video", "hit_video"]  # fmt: skip
+    for name in explainers:
+        assert table.loc[name, columns].tolist() == pytest.approx(
+            reference.loc[name, columns].tolist(), abs=1e-12)
+    points = pd.read_csv(tmp_path / "like_for_like" / "occlusion_curves.csv")
+    plain = evaluate_accuracy(*args[:4], 4, plain=True).accuracy
+    assert points[points.level == 0.0]["accuracy"].tolist() == pytest.approx([plain] * 6)
+    pipeline = pd.read_csv(tmp_path / "pipeline" / "occlusion_curves.csv")
+    own = evaluate_accuracy(*args[:4], 4).accuracy
+    assert pipeline[pipeline.level == 0.0]["accuracy"].tolist() == pytest.approx([own] * 6)
+    zero = [p[p.level == 0.0]["probability"].iloc[0] for p in (points, pipeline)]
+    assert zero[0] != pytest.approx(zero[1])  # ET's restriction moves its predictions
+    own_fem = evaluate_occlusion(*args, explainer="rollout_fem")  # k = 1.0: the config's
+    assert pd.read_csv(tmp_path / "pipeline" / "explainers.csv").set_index("explainer").loc[
+        "rollout_fem", "morf_auc"] == pytest.approx(own_fem.curve.morf_auc)  # fmt: skip
+    stamp = yaml.safe_load((tmp_path / "like_for_like" / "explained.json").read_text())
+    assert stamp == {"explainers": explainers, "protocol": "like_for_like", "inputs": ["video"],
+                     "split": "test", "seed": 0}  # fmt: skip
+    assert "protocol: like_for_like" in (tmp_path / "like_for_like" / "explainers.md").read_text()
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main([str(folder), "--protocol", "nope"])
+
+
+def test_a_final_trial_that_explains_its_model_reports_the_same_numbers(tmp_path, workspace):
+    """`evaluation.explain_model` (the final stage's lowest seed) writes the like-for-like
+    evaluation into <artifacts>/explained/ and takes the like-for-like table from it: every
+    metric equals that of the same trial without it."""
+    from harness.train import EXPLAINED_DIR, train_and_evaluate
+
+    root, _, _ = workspace
+    config = tiny_config(root / "cache", "et", ["evaluation.tie_draws=2"])
+    config["evaluation"].update(like_for_like=True, explainers=["rollout", "tibav", "random"])
+    metrics = {}
+    for explain in (False, True):
+        config["evaluation"]["explain_model"] = explain
+        artifacts = tmp_path / str(explain)
+        metrics[explain] = train_and_evaluate(config, lambda *_: None, artifacts)
+        assert (artifacts / EXPLAINED_DIR).is_dir() == explain
+    same = [pd.Series(m).drop("epoch_seconds").sort_index() for m in metrics.values()]
+    assert same[0].equals(same[1])  # NaN where both are NaN (the motion oracle's curve columns)
+    assert any(k.startswith("ff_tibav_") for k in metrics[True])
+    explained = tmp_path / "True" / EXPLAINED_DIR
+    table = pd.read_csv(explained / "explainers.csv").set_index("explainer")
+    assert table.loc["tibav", "gap"] == pytest.approx(metrics[True]["ff_tibav_gap"])
+    assert yaml.safe_load((explained / "explained.json").read_text())["protocol"] == "like_for_like"
+    for name in ("occlusion_curves.csv", "trends.csv", "galleries/rollout.png"):
+        assert (explained / name).is_file()
+
+
 def test_bad_sources_are_named(tmp_path, capsys):
     def error(*argv):
         assert main([str(a) for a in argv]) == 2

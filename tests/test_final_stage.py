@@ -41,6 +41,28 @@ def test_the_arms_carry_the_like_for_like_test_and_the_control():
     assert CONTROL not in final_arms(_cfg("final.controls=false"), best)
 
 
+def test_only_each_methods_lowest_seed_explains_its_model_for_the_report():
+    """`evaluation.explain_model`: on the study methods' arms (the models the report shows), not
+    on the control, and off everywhere with report.explain_models=false; `_retrain` keeps it for
+    the first final seed only."""
+    from harness.sweep import _retrain
+
+    cfg = _cfg()
+    best = {m: trial_config(cfg, m) for m in ("vanilla", "et")}
+    arms = final_arms(cfg, best)
+    assert {a: c["evaluation"]["explain_model"] for a, c in arms.items()} == {
+        "vanilla": True, "et": True, CONTROL: False}  # fmt: skip
+    off = final_arms(_cfg("report.explain_models=false"), best)
+    assert not any(c["evaluation"]["explain_model"] for c in off.values())
+    runs = []
+    for arm in arms:
+        for seed in final_seeds(cfg):
+            _retrain({"method": arm, "seed": seed}, runs.append, arms, first_seed=1000)
+    explained = [(r["method"]["name"], r["seed"]) for r in runs if r["evaluation"]["explain_model"]]
+    assert explained == [("vanilla", 1000), ("et", 1000)]
+    assert arms["vanilla"]["evaluation"]["explain_model"] is True  # the arm's config is untouched
+
+
 def test_bad_evaluation_keys_are_named():
     with pytest.raises(ConfigError, match="evaluation.tie_draws: expected an integer >= 1, got 0"):
         validate_study(_cfg("evaluation.tie_draws=0"))

@@ -233,7 +233,7 @@ def test_the_repository_readme_has_its_results_blocks_and_small_figures():
 def test_a_final_models_evaluation_is_reused_only_for_the_same_source(tmp_path, monkeypatch):
     """report/models/<method>/ is redone when the checkpoint, the explainers or the inputs it
     explained differ from its source.json (an older evaluation of a hybrid's video alone, which
-    has no `inputs`, is redone), and reused otherwise."""
+    has no `inputs`, is redone), and reused otherwise; every evaluation is like for like."""
     import json
 
     import harness.evaluate.__main__ as evaluate
@@ -242,8 +242,8 @@ def test_a_final_models_evaluation_is_reused_only_for_the_same_source(tmp_path, 
 
     calls = []
 
-    def record(config, weights, output, explainers, source):
-        calls.append(list(explainers))
+    def record(config, weights, output, explainers, protocol, source):
+        calls.append((list(explainers), protocol))
         output.mkdir(parents=True, exist_ok=True)
         (output / "occlusion_curves.csv").write_text("explainer,direction,level\n")
 
@@ -254,12 +254,55 @@ def test_a_final_models_evaluation_is_reused_only_for_the_same_source(tmp_path, 
     folder = tmp_path / "models"
     evaluate_models(models, folder, ["rollout", "random"])
     evaluate_models(models, folder, ["rollout", "random"])
-    assert calls == [["rollout", "random"]]
+    assert calls == [(["rollout", "random"], "like_for_like")]
     evaluate_models(models, folder, ["tibav", "random"])
-    assert calls[-1] == ["tibav", "random"] and len(calls) == 2
+    assert calls[-1] == (["tibav", "random"], "like_for_like") and len(calls) == 2
     stamp = folder / "et" / "source.json"
     assert json.loads(stamp.read_text())["inputs"] == ["video", "signal"]
     older = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "inputs"}
     stamp.write_text(json.dumps(older))
     evaluate_models(models, folder, ["tibav", "random"])
     assert len(calls) == 3
+
+
+def test_the_final_trials_own_evaluation_is_copied_when_it_holds_what_is_asked(tmp_path,
+                                                                               monkeypatch):
+    """A final trial that explained its model (`evaluation.explain_model`: <checkpoint>/explained/
+    with its explained.json) is copied into report/models/<method>/, not run again; one whose
+    stamp says other explainers, another protocol or another seed is not."""
+    import json
+
+    import harness.evaluate.__main__ as evaluate
+    from harness.evaluate.__main__ import EXPLAINED_FILE, explained_stamp
+    from reports.final_runs import ModelSet, evaluate_models
+    from reports.study_folder import FinalRun
+
+    calls = []
+
+    def record(config, weights, output, explainers, protocol, source):
+        calls.append(explainers)
+        output.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(evaluate, "evaluate_explainers", record)
+    config = OmegaConf.to_container(compose("birds_video", []), resolve=True)
+    run = FinalRun("vanilla", 1000, {}, tmp_path / "checkpoint")
+    models = ModelSet({"vanilla": run}, {"vanilla": config})
+    assert models.explainers == ["rollout", "rollout_fem", "tibav", "random"]
+    trial = run.checkpoint / "explained"
+    (trial / "galleries").mkdir(parents=True)
+    (trial / "occlusion_curves.csv").write_text("explainer,direction,level\n")
+    (trial / "galleries" / "rollout.png").write_bytes(b"png")
+    for stamp in (explained_stamp(models.explainers, "pipeline", ["video"], "test", 1000),
+                  explained_stamp(models.explainers, "like_for_like", ["video"], "test", 1001),
+                  explained_stamp(["rollout", "random"], "like_for_like", ["video"], "test",
+                                  1000)):  # fmt: skip
+        (trial / EXPLAINED_FILE).write_text(json.dumps(stamp))
+        evaluate_models(models, tmp_path / "no", None)
+        assert len(calls) == 1 and calls.pop() == models.explainers
+    wanted = explained_stamp(models.explainers, "like_for_like", ["video"], "test", 1000)
+    (trial / EXPLAINED_FILE).write_text(json.dumps(wanted))
+    done = evaluate_models(models, tmp_path / "models", None)
+    assert not calls
+    assert (done["vanilla"] / "galleries" / "rollout.png").read_bytes() == b"png"
+    source = json.loads((done["vanilla"] / "source.json").read_text())
+    assert source == {"checkpoint": str(run.checkpoint), **wanted}

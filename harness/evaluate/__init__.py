@@ -13,7 +13,8 @@ per input: which input's relevance the model's decision follows).
 
 Any explainer can be put to the test on a trained method (`evaluate_occlusion(...,
 explainer="tibav")`): its maps are computed on the method's view of the clip, while the predictions
-still go through the method's own pipeline. `python -m harness.evaluate` runs every explainer so.
+still go through the method's own pipeline. `python -m harness.evaluate` runs every explainer so,
+or like for like (`--protocol like_for_like`, below).
 
 Like for like (`faithfulness_table`, the study's final stage): every method's model is tested with
 the same explainers (`evaluation.explainers`, default parameters) on its plain forward of whole
@@ -112,7 +113,7 @@ def evaluate_accuracy(
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for batch in iterate_batches(dataset, indices, batch_size, device=device):
         with torch.set_grad_enabled(not plain):  # ET's gradient explainers; nothing is updated
-            logits = _logits(method, model, batch.inputs, plain).detach()
+            logits = predict_logits(method, model, batch.inputs, plain).detach()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(1) == batch.labels).sum().item()
         if keep_predictions:
@@ -169,7 +170,7 @@ def evaluate_occlusion(
 
     def predict_proba(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         with torch.set_grad_enabled(not plain):  # ET's pipeline explains before it predicts
-            return _logits(method, model, inputs, plain).detach().softmax(-1)
+            return predict_logits(method, model, inputs, plain).detach().softmax(-1)
 
     curves, seed_morf, seed_lerf = [], 0.0, 0.0
     input_curves: dict[str, list[OcclusionCurve]] = {}
@@ -228,7 +229,10 @@ def evaluate_occlusion(
     )
 
 
-def _logits(method: TrainingMethod, model: nn.Module, inputs: Any, plain: bool) -> torch.Tensor:
+def predict_logits(method: TrainingMethod, model: nn.Module, inputs: Any, plain: bool
+                   ) -> torch.Tensor:  # fmt: skip
+    """Logits of the method's prediction pipeline (`method.predict`; ET explains, restricts,
+    classifies), or with `plain` of the model's plain forward (`plain_predict`)."""
     return plain_predict(method, model, inputs) if plain else method.predict(model, inputs)
 
 
@@ -371,10 +375,13 @@ def faithfulness_table(
     device: torch.device | str = "cpu",
     *,
     seed: int = 0,
+    results: Mapping[str, OcclusionResult] | None = None,
 ) -> pd.DataFrame:
     """Like-for-like faithfulness: one row per explainer of ``cfg["explainers"]``, each with its
     default parameters, occlusion-tested on the model's plain forward of whole inputs
     (`plain_predict`), whatever the method, so methods and explainers compare on equal terms.
+    `results`: explainer -> its test already run under this protocol, with the same `seed` and
+    relevance kept (`python -m harness.evaluate --protocol like_for_like`'s), not run again.
 
     Columns: ``explainer``, the occlusion metrics (``morf_auc``, ``lerf_auc``, ``gap``, ...),
     ``clean_accuracy`` (the plain forward's accuracy), ``gap_rel`` (gap / clean accuracy: the gap
@@ -386,7 +393,7 @@ def faithfulness_table(
     clean = clean.accuracy
     rows = []
     for name in cfg["explainers"]:
-        result = evaluate_occlusion(
+        result = (results or {}).get(str(name)) or evaluate_occlusion(
             model, method, dataset, indices, cfg, batch_size, device, explainer=str(name),
             explainer_params={}, seed=seed, keep_relevance=True, plain=True,
         )  # fmt: skip

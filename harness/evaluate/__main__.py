@@ -1,8 +1,9 @@
 """Every explainer on one trained model: occlusion faithfulness, per-class trends, galleries.
 
     python -m harness.evaluate SOURCE [key=value ...] [--explainers a,b,...] [--output DIR]
-                               [--split test|val] [--batch-size N] [--regions RxC]
-                               [--segments N] [--tracking-uri URI]
+                               [--protocol pipeline|like_for_like] [--split test|val]
+                               [--batch-size N] [--regions RxC] [--segments N]
+                               [--tracking-uri URI]
 
 Video, signal and hybrid (video + signal) models alike: every output is made per input the model
 reads, by one code path parameterised by the input (video relevance per (frame, patch) token,
@@ -16,10 +17,12 @@ SOURCE is
     are downloaded; the output folder is also logged to the run under evaluation/.
 
 Each explainer's maps (of the predicted class of the unoccluded clip, on the method's view of it)
-drive the occlusion test through the method's own prediction pipeline (`method.predict`, so ET
-explains, crops and classifies as in training); the method's own explainer keeps its config
-parameters (k, heads). Output (default <model folder>/evaluation; for runs:/ outputs/evaluation/
-<run_id>):
+drive the occlusion test under one of two protocols (`--protocol`, `PROTOCOLS`): `pipeline`, the
+default, the method's own prediction pipeline (`method.predict`, so ET explains, crops and
+classifies as in training; the method's own explainer keeps its config parameters, k, heads), or
+`like_for_like`, the model's plain forward of the whole inputs and every explainer with its
+default parameters (the study's like-for-like protocol, the same for every method; what a study
+report shows). Output (default <model folder>/evaluation; for runs:/ outputs/evaluation/<run_id>):
 
   explainers.md|.csv      one row per explainer, by gap: MoRF/LeRF accuracy AUCs, gap, target-
                           class probability AUCs (every input occluded), the 001 seed's protocol
@@ -44,11 +47,13 @@ parameters (k, heads). Output (default <model folder>/evaluation; for runs:/ out
                           with the heatmap, each signal's channels on a band of its relevance
                           (hybrid: the frames row above the signal row)
   galleries/<explainer>_clip<i>.gif   the same clips animated (video)
+  explained.json          what the folder holds: explainers, protocol, inputs, split, seed
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -79,6 +84,13 @@ OCCLUSION_COLUMNS = (
 )
 VIDEO_ONLY_COLUMNS = ("seed_morf_acc", "seed_lerf_acc")  # the 001 seed's protocol
 INPUT_PREFIX = {"video": "", "signal": "signal_"}  # per-input output files: trends.md, ...
+PROTOCOLS = {  # how an explainer's occlusion test predicts: protocol -> what the notes say
+    "pipeline": "the method's own prediction pipeline (ET: explain, restrict, classify); its own "
+    "explainer with its config parameters",
+    "like_for_like": "the model's plain forward of the whole inputs (no ET restriction), every "
+    "explainer with its default parameters: the same protocol for every method",
+}
+EXPLAINED_FILE = "explained.json"  # what an evaluation folder holds (`explained_stamp`)
 
 
 def input_file(name: str, modality: str) -> str:
@@ -252,8 +264,8 @@ def explainer_table(rows: Sequence[Mapping[str, Any]], inputs: Sequence[str]) ->
                              na_position="last")  # fmt: skip
 
 
-def _mprt(trained: Any, randomised: Any, name: str, indices, batch_size, device, seed
-          ) -> dict[str, float]:  # fmt: skip
+def _mprt(trained: Any, randomised: Any, name: str, params: Mapping[str, Any] | None, indices,
+          batch_size, device, seed) -> dict[str, float]:  # fmt: skip
     """Per input, the mean Spearman correlation of `name`'s maps (of the trained model's
     predicted class) on the trained and the randomised model (harness/evaluate/sanity.py); NaN
     where every map is flat."""
@@ -268,7 +280,7 @@ def _mprt(trained: Any, randomised: Any, name: str, indices, batch_size, device,
         with torch.no_grad():
             target = plain_predict(method, model, batch.inputs).argmax(1)
         maps = [
-            explain_inputs(method, net, batch.inputs, name, None, generator, target)
+            explain_inputs(method, net, batch.inputs, name, params, generator, target)
             for net, generator in ((model, generators[0]), (randomised, generators[1]))
         ]
         for m in correlations:
@@ -306,8 +318,8 @@ def _floatfmt(column: str) -> str:
     return ".1f" if column == "seconds" or column.startswith("distinct_") else ".3f"
 
 
-def _table_note(inputs: Sequence[str]) -> str:
-    """What explainers.md's columns mean, for a model reading `inputs`."""
+def _table_note(inputs: Sequence[str], protocol: str = "pipeline") -> str:
+    """What explainers.md's columns mean, for a model reading `inputs` tested under `protocol`."""
     tokens = {"video": "(frame, patch) tokens", "signal": "time tokens"}
     parts = [
         "Occlusion: each explainer's relevance of the predicted class, on the whole input, ranks "
@@ -315,7 +327,9 @@ def _table_note(inputs: Sequence[str]) -> str:
         "relevant share is occluded in the full-resolution input"
         + (" (each input by its own relevance, both at the same share)" if len(inputs) > 1
            else "")
-        + " and the method's own prediction pipeline classifies it. AUC: area under accuracy "
+        + (" and the method's own prediction pipeline classifies it" if protocol == "pipeline"
+           else " and the model's plain forward classifies it (like for like)")
+        + ". AUC: area under accuracy "
         "(prob: target-class probability) vs share occluded, divided by the level range; gap = "
         "LeRF - MoRF (higher = more faithful; random: the chance reference, gap about 0).",
     ]
@@ -352,7 +366,7 @@ def _table_note(inputs: Sequence[str]) -> str:
 
 def write_explainer_table(
     table: pd.DataFrame, folder: Path, title: str, notes: Mapping[str, str], synthetic: bool,
-    inputs: Sequence[str] = ("video",),
+    inputs: Sequence[str] = ("video",), protocol: str = "pipeline",
 ) -> str:  # fmt: skip
     """explainers.md and explainers.csv; returns the Markdown."""
     lines = [f"# {title}", ""]
@@ -361,11 +375,29 @@ def write_explainer_table(
     lines += [f"- {k}: {v}" for k, v in notes.items()]
     floatfmt = tuple(_floatfmt(c) for c in table.columns)
     lines += ["", table.to_markdown(index=False, floatfmt=floatfmt), ""]
-    lines += [_table_note(inputs), ""]
+    lines += [_table_note(inputs, protocol), ""]
     text = "\n".join(lines)
     (folder / "explainers.md").write_text(text)
     table.assign(synthetic=synthetic).to_csv(folder / "explainers.csv", index=False)
     return text
+
+
+def explained_stamp(explainers: Sequence[str], protocol: str, inputs: Sequence[str], split: str,
+                    seed: int) -> dict[str, Any]:  # fmt: skip
+    """What an evaluation folder holds (its `EXPLAINED_FILE`): whoever reuses the folder compares
+    it with what it wants."""
+    return {"explainers": list(explainers), "protocol": protocol, "inputs": list(inputs),
+            "split": split, "seed": int(seed)}  # fmt: skip
+
+
+@dataclass
+class Explained:
+    """`explain_model`'s result: the explainer table, its Markdown, and each explainer's
+    occlusion test (relevance kept), e.g. for the like-for-like table of the same model."""
+
+    table: pd.DataFrame
+    markdown: str
+    results: dict[str, Any]  # explainer -> harness.evaluate.OcclusionResult
 
 
 def evaluate_explainers(
@@ -374,26 +406,63 @@ def evaluate_explainers(
     output: Path,
     *,
     explainers: Sequence[str] = EXPLAINERS,
+    protocol: str = "pipeline",
     split: str = "test",
     batch_size: int | None = None,
     regions: tuple[int, int] = (2, 2),
     segments: int = SIGNAL_SEGMENTS,
     source: str = "",
 ) -> tuple[pd.DataFrame, str]:
-    """Evaluate every explainer in `explainers` on the trained model (video, signal or hybrid);
-    write everything to `output` (the module docstring); return the table and its Markdown."""
+    """Evaluate every explainer in `explainers` on the trained model in `weights` (video, signal
+    or hybrid) under `protocol` (`PROTOCOLS`); write everything to `output` (the module
+    docstring); return the table and its Markdown."""
+    from harness.evaluate import load_trained
+    from harness.train import resolve_device
+
+    train_cfg = config["train"]
+    if train_cfg.get("threads"):
+        torch.set_num_threads(int(train_cfg["threads"]))
+    device = resolve_device(str(train_cfg.get("device", "auto")))
+    try:
+        trained = load_trained(config, weights, device)
+    except ValueError as error:  # data.root not supported, weights that do not fit the model
+        raise SourceError(str(error)) from None
+    explained = explain_model(
+        trained, config, output, device, explainers=explainers, protocol=protocol, split=split,
+        batch_size=batch_size, regions=regions, segments=segments,
+        source=source or str(weights.parent),
+    )  # fmt: skip
+    return explained.table, explained.markdown
+
+
+def explain_model(
+    trained: Any,
+    config: Mapping[str, Any],
+    output: Path,
+    device: torch.device | str = "cpu",
+    *,
+    explainers: Sequence[str] = EXPLAINERS,
+    protocol: str = "pipeline",
+    split: str = "test",
+    batch_size: int | None = None,
+    regions: tuple[int, int] = (2, 2),
+    segments: int = SIGNAL_SEGMENTS,
+    source: str = "",
+) -> Explained:
+    """`evaluate_explainers` on a model in memory (`trained`: a `harness.evaluate.TrainedModel`
+    of `config`), e.g. a final trial's own model at the end of its training."""
     from harness.data import iterate_batches
     from harness.evaluate import (
         FAITHFULNESS_REFERENCE,
         evaluate_accuracy,
         evaluate_occlusion,
         ground_truth_scores,
-        load_trained,
+        predict_logits,
     )
     from harness.evaluate.localisation import motion_relevance
     from harness.evaluate.sanity import randomised_copy
     from harness.evaluate.trends import class_mean_maps
-    from harness.train import resolve_device, seed_everything
+    from harness.train import seed_everything
     from reports.curves import plot_occlusion_curves
     from reports.gallery import save_clip_gif, save_input_gallery
     from reports.trends import (
@@ -405,15 +474,12 @@ def evaluate_explainers(
         write_trends,
     )
 
+    if protocol not in PROTOCOLS:
+        raise SourceError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    plain = protocol == "like_for_like"
+    params: dict[str, Any] | None = {} if plain else None  # None: the own explainer's config
     train_cfg, eval_cfg = config["train"], config["evaluation"]
-    if train_cfg.get("threads"):
-        torch.set_num_threads(int(train_cfg["threads"]))
-    device = resolve_device(str(train_cfg.get("device", "auto")))
     seed = int(config.get("seed", 0))
-    try:
-        trained = load_trained(config, weights, device)
-    except ValueError as error:  # data.root not supported, weights that do not fit the model
-        raise SourceError(str(error)) from None
     dataset, model, method = trained.dataset, trained.model, trained.method
     inputs = [m for m in INPUT_PREFIX if m in method.modalities]
     synthetic = bool(dataset.synthetic) or not config["data"].get("root")
@@ -428,18 +494,18 @@ def evaluate_explainers(
     label = " (SYNTHETIC)" if synthetic else ""
     output.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    accuracy = evaluate_accuracy(model, method, dataset, indices, batch_size, device)
+    accuracy = evaluate_accuracy(model, method, dataset, indices, batch_size, device, plain=plain)
     print(f"{title}: accuracy {accuracy.accuracy:.4f}", flush=True)
 
     gallery_rows = indices[: int(eval_cfg.get("gallery_clips", 4))]
     gallery = None
     if len(gallery_rows):
         gallery = next(iterate_batches(dataset, gallery_rows, len(gallery_rows), device=device))
-        with torch.enable_grad():
-            predicted = method.predict(model, gallery.inputs).argmax(1).cpu()
+        with torch.set_grad_enabled(not plain):  # ET's pipeline explains before it predicts
+            predicted = predict_logits(method, model, gallery.inputs, plain).argmax(1).cpu()
     names = dataset.class_names
     randomised = randomised_copy(model, seed)
-    rows, curves = [], {}
+    rows, curves, results = [], {}, {}
     tables: dict[str, dict[str, pd.DataFrame]] = {m: {} for m in inputs}
     class_maps: dict[str, torch.Tensor] = {}  # video: for the facial regions
     for i, name in enumerate(explainers):
@@ -447,11 +513,13 @@ def evaluate_explainers(
         started = time.perf_counter()
         result = evaluate_occlusion(
             model, method, dataset, indices, eval_cfg, batch_size, device,
-            explainer=name, seed=seed, keep_relevance=True, per_input=True,
+            explainer=name, explainer_params=params, seed=seed, keep_relevance=True, plain=plain,
+            per_input=True,
         )  # fmt: skip
         seconds = time.perf_counter() - started
+        results[name] = result
         ground_truth = ground_truth_scores(dataset, result.relevance, result.rows)
-        mprt = _mprt(trained, randomised, name, indices, batch_size, device, seed)
+        mprt = _mprt(trained, randomised, name, params, indices, batch_size, device, seed)
         rows.append(_explainer_row(name, result, accuracy.accuracy, ground_truth, mprt, seconds))
         curves[name] = _curve_sets(result, inputs)
         print(
@@ -498,19 +566,20 @@ def evaluate_explainers(
                      **ground_truth_scores(dataset, {"video": motion}, order)})  # fmt: skip
     table = explainer_table(rows, inputs)
     levels = ", ".join(f"{x:g}" for x in eval_cfg["occlusion_levels"])
-    protocol = eval_cfg["seed_protocol"]
+    seed_protocol = eval_cfg["seed_protocol"]
     notes = {
-        "source": source or str(weights.parent),
+        "source": source,
         "method": method.name + f" (its own explainer: {method.explainer})",
+        "protocol": f"{protocol}: {PROTOCOLS[protocol]}",
         "inputs": ", ".join(inputs),
         f"{split} accuracy": f"{accuracy.accuracy:.4f}"
         + (" (the 0% point of every curve)" if 0.0 in eval_cfg["occlusion_levels"] else ""),
         "occlusion": f"levels {levels}; fill {eval_cfg['occlusion_value']}"
-        + (f"; seed protocol {float(protocol['spatial_fraction']):.0%} of spatial patches + "
-           f"{protocol['frames']} frames" if "video" in inputs else ""),
+        + (f"; seed protocol {float(seed_protocol['spatial_fraction']):.0%} of spatial patches + "
+           f"{seed_protocol['frames']} frames" if "video" in inputs else ""),
     }  # fmt: skip
     markdown = write_explainer_table(table, output, f"Explainers on the {title}", notes, synthetic,
-                                     inputs)  # fmt: skip
+                                     inputs, protocol)  # fmt: skip
     _curve_points(curves).to_csv(output / "occlusion_curves.csv", index=False)
     for occluded in curves[explainers[0]] if explainers else ():
         joint = occluded == joint_input(inputs)
@@ -532,10 +601,12 @@ def evaluate_explainers(
         margin = float(face_crop.get("margin", 0.0))
         face = face_trend_table(class_maps, names, counts, margin)
         plot_face_maps(class_maps, names, margin, output / f"face_maps_{method.name}.png", title)
-        notes = {"source": source or str(weights.parent)}
+        notes = {"source": source}
         write_face_trends({method.name: face}, output, f"Facial-region trends: {title}",
                           synthetic=synthetic, notes=notes)  # fmt: skip
-    return table, markdown
+    stamp = explained_stamp(explainers, protocol, inputs, split, seed)
+    (output / EXPLAINED_FILE).write_text(json.dumps(stamp, indent=1))
+    return Explained(table, markdown, results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=None,
         help="output folder (default: <model folder>/evaluation; outputs/evaluation/<run_id> "
         "for runs:/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--protocol", choices=tuple(PROTOCOLS), default="pipeline",
+        help="pipeline: predict through the method's own pipeline (ET explains, restricts, "
+        "classifies; the default); like_for_like: the model's plain forward, every explainer "
+        "with its default parameters (a study report's)",
     )  # fmt: skip
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument(
@@ -619,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
             config["evaluation"]["occlusion_levels"] = list(DEFAULT_LEVELS)
         try:
             _, markdown = evaluate_explainers(
-                config, source.weights, output, explainers=explainers, split=args.split,
+                config, source.weights, output, explainers=explainers, protocol=args.protocol,
+                split=args.split,
                 batch_size=args.batch_size, regions=regions, segments=args.segments,
                 source=source.text,
             )  # fmt: skip
