@@ -3,6 +3,7 @@ README's results blocks from study folders.
 
     python -m harness.report <study.output_dir> [--no-explain] [--explainers a,b,...]
     python -m harness.report --readme README.md --study <name>=<study.output_dir> [...]
+                             [--studies <name>=<dir>,<dir>,...]
 
 The first writes `<study.output_dir>/report/index.html` and the figures and tables beside it (see
 reports/study_report.py); the sweep writes the same at the end of a study. Works on a finished,
@@ -31,12 +32,14 @@ def _readme(args: argparse.Namespace) -> int:
     from reports.readme import ReadmeError, load_blocks, update_readme
 
     specs = [(n, f, False) for n, f in args.study] + [(n, f, True) for n, f in args.explainer_table]
-    if not specs:
-        print("error: --readme needs at least one --study or --explainer-table", file=sys.stderr)
+    side_by_side = [(n, [f for f in folders.split(",") if f]) for n, folders in args.studies]
+    if not specs and not side_by_side:
+        print("error: --readme needs at least one --study, --explainer-table or --studies",
+              file=sys.stderr)  # fmt: skip
         return 2
     figures = None if args.figures is None else {n for n in args.figures.split(",") if n}
     try:
-        blocks = load_blocks(specs, figures)
+        blocks = load_blocks(specs, figures, side_by_side)
         names = update_readme(args.readme, blocks, where=args.where)
     except (ReadmeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         "--explainer-table", type=_pair, action="append", default=[], metavar="NAME=DIR",
         help="block NAME gets the explainer tables of DIR's final models "
         "(report/models/<method>/explainers.csv)",
+    )  # fmt: skip
+    readme.add_argument(
+        "--studies", type=_pair, action="append", default=[], metavar="NAME=DIR,DIR,...",
+        help="block NAME gets the studies side by side: every arm of each, the settings they "
+        "differ in, the paired difference to the first study (reports/studies.py)",
     )  # fmt: skip
     readme.add_argument(
         "--figures", default=None, metavar="NAMES",

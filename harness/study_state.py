@@ -15,6 +15,8 @@ import os
 import platform
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,3 +80,38 @@ class StudyState:
     def finish_stage(self, name: str) -> None:
         self.stages[name].finished = True
         self.save()
+
+
+LOCK_FILE = ".study.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another study's driver holds the output folder (`hold_folder`)."""
+
+
+@contextmanager
+def hold_folder(folder: Path) -> Iterator[None]:
+    """Hold `folder` for one study driver for as long as the block runs: an exclusive `flock` on
+    `<folder>/.study.lock` (which then names the holder: pid, host, start). The operating system
+    drops it when the process ends, however it ends (kill -9 too), so no stale lock outlives a
+    driver. FolderInUse, naming the holder, when another process holds it: two drivers in one
+    folder would resume and checkpoint the same trials."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "a process that did not say which"
+            raise FolderInUse(f"{folder} is in use by another study's driver ({holder})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {platform.node()}, since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")  # fmt: skip
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)

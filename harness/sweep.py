@@ -57,7 +57,7 @@ from harness.overrides import check_overrides
 from harness.preflight import check_before_start
 from harness.resources import trial_resources
 from harness.search_space import define_by_run
-from harness.study_state import StudyState
+from harness.study_state import FolderInUse, StudyState, hold_folder
 from harness.train import VALIDATION_FAITHFULNESS
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
@@ -544,8 +544,18 @@ def check_output_dir(cfg: DictConfig) -> None:
 
 def run_study(cfg: DictConfig, dataset: Dataset | None = None) -> Path:
     """Run the study described by `cfg` (already composed and validated) on `dataset` (prepared
-    from `cfg.data` when not given), or resume it from `study.output_dir`; returns the report
-    folder. Raises StudyInterrupted when a stage was interrupted (SIGINT)."""
+    from `cfg.data` when not given), or resume it from `study.output_dir`, holding that folder
+    (`hold_folder`: ConfigError while another driver runs there); returns the report folder.
+    Raises StudyInterrupted when a stage was interrupted (SIGINT)."""
+    try:
+        with hold_folder(Path(cfg.study.output_dir)):
+            return _run_study(cfg, dataset)
+    except FolderInUse as error:
+        raise ConfigError(f"study.output_dir: {error}; wait for it to end (the same command "
+                          "then resumes it), or choose another study.output_dir") from None
+
+
+def _run_study(cfg: DictConfig, dataset: Dataset | None) -> Path:
     from trainables import TRAINABLES
 
     started = time.perf_counter()

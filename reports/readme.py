@@ -26,13 +26,14 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
 from reports.comparison import comparison_markdown, faithfulness_markdown
+from reports.studies import STUDIES_NOTE, studies_table
 from reports.study_folder import StudyFolder, StudyFolderError, load_study_folder
 
 FIGURE_BUDGET_BYTES = 300_000  # every PNG in the figures folder together
@@ -48,8 +49,8 @@ FIGURE_KINDS = {
     "final_accuracy": "`final_accuracy`: each final seed's test accuracy, the mean and its "
     "interval (the comparison table's, else a 95% Student-t interval over seeds)",
     "occlusion": "`occlusion`: MoRF and LeRF accuracy of each method's final model (its lowest "
-    "seed) through the same explainers, every method's own plus `random`, the floor; all panels "
-    "on the same axes",
+    "seed), like for like: the same explainers (`evaluation.explainers`, `random` the floor, "
+    "default parameters) and the plain forward for every method; all panels on the same axes",
     "gallery": "`models/<method>/galleries/<explainer>.png`: the same first test clips for every "
     "method and explainer (true -> predicted class), side by side on the report page; GIFs "
     "beside them",
@@ -73,6 +74,7 @@ class Block:
     study: StudyFolder
     explainers: bool = False  # the final models' explainer tables instead of the comparison
     figures: bool = True
+    others: list[StudyFolder] = field(default_factory=list)  # studies side by side with `study`
 
 
 def blocks_of(text: str, path: Path | str = "README") -> dict[str, tuple[int, int]]:
@@ -139,6 +141,18 @@ def _comparison_tables(study: StudyFolder) -> list[str]:
         parts += ["Like-for-like faithfulness (every arm's final models, the same explainers, "
                   "the plain forward; `random` is the floor):", faithfulness_markdown(faithfulness)]
     return parts
+
+
+def _side_by_side(block: Block, where: str | None) -> str:
+    """A side-by-side block: each study's measured line, one table, what it covers."""
+    studies = [block.study, *block.others]
+    try:
+        table = studies_table(studies)
+    except ValueError as error:
+        raise ReadmeError(f"--studies {block.name}=...: {error}") from None
+    lines = [f"- `{s.folder.name}`: {measured_line(s, where)}" for s in studies]
+    return "\n\n".join(["\n".join(lines),
+                         table.to_markdown(index=False, disable_numparse=True), STUDIES_NOTE])
 
 
 def _explainer_tables(study: StudyFolder) -> list[str]:
@@ -227,8 +241,10 @@ def _figure_table(block: str, kinds: Mapping[str, str], folder: Path, readme: Pa
     return "\n".join(["| figure | what it shows |", "|---|---|", *rows])
 
 
-def load_blocks(specs: Sequence[tuple[str, str, bool]], figures: set[str] | None) -> list[Block]:
-    """(name, study folder, explainer table?) -> Blocks; ReadmeError for a folder that is not a
+def load_blocks(specs: Sequence[tuple[str, str, bool]], figures: set[str] | None,
+                side_by_side: Sequence[tuple[str, Sequence[str]]] = ()) -> list[Block]:  # fmt: skip
+    """(name, study folder, explainer table?) -> Blocks, and (name, study folders) -> a block of
+    those studies side by side (reports/studies.py); ReadmeError for a folder that is not a
     finished study. `figures`: the blocks that get figures (None: every comparison block)."""
     blocks = []
     for name, folder, explainers in specs:
@@ -243,6 +259,20 @@ def load_blocks(specs: Sequence[tuple[str, str, bool]], figures: set[str] | None
             raise ReadmeError(f"--study {name}={folder}: {error}") from None
         wanted = not explainers if figures is None else name in figures
         blocks.append(Block(name, study, explainers, wanted))
+    for name, folders in side_by_side:
+        if not NAME.fullmatch(name) or name in [b.name for b in blocks]:
+            raise ReadmeError(f"--studies {name}=...: a block name is letters, digits, '_' and "
+                              "'.', each block given once")  # fmt: skip
+        if len(folders) < 2:
+            raise ReadmeError(f"--studies {name}=...: expected two or more study folders, "
+                              "comma-separated")  # fmt: skip
+        studies = []
+        for folder in folders:
+            try:
+                studies.append(load_study_folder(folder))
+            except StudyFolderError as error:
+                raise ReadmeError(f"--studies {name}=...: {folder}: {error}") from None
+        blocks.append(Block(name, studies[0], figures=False, others=studies[1:]))
     unknown = sorted((figures or set()) - {b.name for b in blocks})
     if unknown:
         raise ReadmeError(f"--figures {','.join(unknown)}: not a block given by --study or "
@@ -268,15 +298,19 @@ def update_readme(readme: Path | str, blocks: Sequence[Block], *, where: str | N
     contents, sources = {}, {}
     for block in blocks:
         parts = [measured_line(block.study, where)]
-        parts += _explainer_tables(block.study) if block.explainers else _comparison_tables(
-            block.study)  # fmt: skip
+        if block.others:
+            parts = [_side_by_side(block, where)]
+        else:
+            parts += _explainer_tables(block.study) if block.explainers else _comparison_tables(
+                block.study)  # fmt: skip
         found = _figure_sources(block.study) if block.figures else {}
         if found:
             sources[block.name] = {kind: path for kind, (path, _) in found.items()}
             which = {kind: note for kind, (_, note) in found.items()}
             parts.append(_figure_table(block.name, which, folder, readme))
+        names = ", ".join(f"{s.folder.name}/" for s in [block.study, *block.others])
         note = ("<!-- generated by `python -m harness.report --readme` from "
-                f"{block.study.folder.name}/: edit the study, not this block -->")  # fmt: skip
+                f"{names}: edit the study, not this block -->")  # fmt: skip
         contents[block.name] = "\n" + note + "\n" + "\n\n".join(parts) + "\n"
     if sources:
         _figures(sources, folder, budget)

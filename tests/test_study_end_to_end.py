@@ -288,3 +288,25 @@ def test_readme_results_blocks_from_the_study(study, tmp_path):
     with pytest.raises(ReadmeError, match="over the budget of 1000"):
         update_readme(readme, loaded, budget=1000)
     assert readme.read_text() == text and {p: p.read_bytes() for p in figures} == shrunk
+
+
+def test_readme_block_of_studies_side_by_side(study, tmp_path):
+    """`--studies NAME=DIR,DIR`: one table of every arm of each study, paired with the first's;
+    a study against its own copy differs by exactly 0 on every arm, and a name without its
+    block, or a single study, is refused."""
+    import shutil
+
+    from harness.report import main
+
+    copy = tmp_path / "again"
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("cache"))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:pair begin -->\n<!-- results:pair end -->\n")
+    assert main(["--readme", str(readme), "--studies", f"pair={study},{copy}"]) == 0
+    text = readme.read_text()
+    assert f"from {study.name}/, again/" in text and text.count("*Measured:*") == 2
+    rows = [line for line in text.splitlines() if line.startswith("| again ")]
+    assert len(rows) == len(ARMS)
+    assert all("| +0.000 [0.000, 0.000] |" in row for row in rows)
+    assert main(["--readme", str(readme), "--studies", f"pair={study}"]) == 2
+    assert main(["--readme", str(readme), "--studies", f"other={study},{copy}"]) == 2

@@ -222,7 +222,8 @@ def test_the_repository_readme_has_its_results_blocks_and_small_figures():
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
     assert set(blocks_of(text)) == {"birds_video", "birds_signal", "birds_hybrid", "models",
-                                    "explainers"}  # fmt: skip
+                                    "explainers", "et_policies_s0", "et_policies_s1",
+                                    "et_policies_s2"}  # fmt: skip
     linked = re.findall(r"\]\((docs/figures/[^)]+\.png)\)", text)
     assert linked and all((root / path).is_file() for path in linked)
     figures = list((root / "docs" / "figures").glob("*.png"))

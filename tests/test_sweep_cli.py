@@ -1,5 +1,6 @@
 """The study CLI: bad overrides stop with a clear message before Ray starts."""
 
+import os
 import subprocess
 import sys
 
@@ -55,6 +56,40 @@ def test_cli_exits_2_before_starting_ray(capsys):
     assert main(["birds_video", "~space.et.method.k", "methods.et.k=-2"]) == 2
     assert "error: methods.et: method.k: expected K >= 0" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+def test_a_folder_another_driver_holds_is_refused_before_ray_starts(tmp_path, capsys):
+    """Two drivers in one study folder would resume and checkpoint the same trials: the second is
+    refused, naming the first (its pid), before Ray starts; the first's kill -9 frees the folder
+    (the operating system drops the lock with the process)."""
+    import ray
+
+    from harness.study_state import FolderInUse, hold_folder
+
+    folder = tmp_path / "study"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path\n"
+         "from harness.study_state import hold_folder\n"
+         "with hold_folder(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()",
+         str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"  # the event: the folder is held
+        tiny = ["data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
+                "data.synthetic.test_per_class=1", f"data.cache_dir={tmp_path / 'cache'}"]
+        assert main(["birds_video", "sweep=smoke", f"study.output_dir={folder}", *tiny]) == 2
+        err = capsys.readouterr().err
+        assert (f"error: study.output_dir: {folder} is in use by another study's driver (pid "
+                f"{holder.pid} on ") in err and "or choose another study.output_dir" in err
+        assert not ray.is_initialized()
+        with pytest.raises(FolderInUse):
+            with hold_folder(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    with hold_folder(folder):  # freed by the kill
+        assert (folder / ".study.lock").read_text().startswith(f"pid {os.getpid()} on ")
 
 
 @pytest.mark.parametrize("tool", ["sweep", "train", "evaluate", "tracking"])
