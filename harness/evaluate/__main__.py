@@ -401,21 +401,11 @@ class Explained:
 
 
 def evaluate_explainers(
-    config: Mapping[str, Any],
-    weights: Path,
-    output: Path,
-    *,
-    explainers: Sequence[str] = EXPLAINERS,
-    protocol: str = "pipeline",
-    split: str = "test",
-    batch_size: int | None = None,
-    regions: tuple[int, int] = (2, 2),
-    segments: int = SIGNAL_SEGMENTS,
-    source: str = "",
+    config: Mapping[str, Any], weights: Path, output: Path, *, source: str = "", **options: Any
 ) -> tuple[pd.DataFrame, str]:
-    """Evaluate every explainer in `explainers` on the trained model in `weights` (video, signal
-    or hybrid) under `protocol` (`PROTOCOLS`); write everything to `output` (the module
-    docstring); return the table and its Markdown."""
+    """Evaluate every explainer on the trained model in `weights` (video, signal or hybrid);
+    write everything to `output` (the module docstring); return the table and its Markdown.
+    `options`: `explain_model`'s (explainers, protocol, split, batch_size, regions, segments)."""
     from harness.evaluate import load_trained
     from harness.train import resolve_device
 
@@ -427,11 +417,8 @@ def evaluate_explainers(
         trained = load_trained(config, weights, device)
     except ValueError as error:  # data.root not supported, weights that do not fit the model
         raise SourceError(str(error)) from None
-    explained = explain_model(
-        trained, config, output, device, explainers=explainers, protocol=protocol, split=split,
-        batch_size=batch_size, regions=regions, segments=segments,
-        source=source or str(weights.parent),
-    )  # fmt: skip
+    explained = explain_model(trained, config, output, device,
+                              source=source or str(weights.parent), **options)  # fmt: skip
     return explained.table, explained.markdown
 
 
@@ -450,7 +437,8 @@ def explain_model(
     source: str = "",
 ) -> Explained:
     """`evaluate_explainers` on a model in memory (`trained`: a `harness.evaluate.TrainedModel`
-    of `config`), e.g. a final trial's own model at the end of its training."""
+    of `config`), e.g. a final trial's own model at the end of its training: every explainer in
+    `explainers` under `protocol` (`PROTOCOLS`) on `split`."""
     from harness.data import iterate_batches
     from harness.evaluate import (
         FAITHFULNESS_REFERENCE,
