@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +80,17 @@ class StudyState:
     def finish_stage(self, name: str) -> None:
         self.stages[name].finished = True
         self.save()
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys -> leaf values (`{"a": {"b": 1}}` -> `{"a.b": 1}`)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 LOCK_FILE = ".study.lock"

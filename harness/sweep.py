@@ -57,7 +57,7 @@ from harness.overrides import check_overrides
 from harness.preflight import check_before_start
 from harness.resources import trial_resources
 from harness.search_space import define_by_run
-from harness.study_state import FolderInUse, StudyState, hold_folder
+from harness.study_state import FolderInUse, StudyState, flat_config, hold_folder
 from harness.train import VALIDATION_FAITHFULNESS
 
 SYNTHETIC_NOTE = "SYNTHETIC DATA (built-in generator, not a real dataset)"
@@ -501,7 +501,7 @@ def _open_state(cfg: DictConfig, tags: dict[str, str]) -> StudyState:
         state = StudyState(Path(cfg.study.output_dir), cfg.mlflow.tracking_uri,
                            cfg.mlflow.experiment_name, config, tags=tags)  # fmt: skip
     elif state.config != config:
-        old, new = _flat(state.config), _flat(config)
+        old, new = flat_config(state.config), flat_config(config)
         keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise ConfigError(
             f"study.output_dir: {state.folder} holds a study started with other settings "
@@ -801,18 +801,8 @@ def _write_final_records(summaries, folder: Path) -> None:
 
 def _searched_values(config: dict[str, Any], params) -> dict[str, Any]:
     """The values the search chose (the parameters that applied to this trial)."""
-    flat = _flat(config)
+    flat = flat_config(config)
     return {p.path: flat[p.path] for p in params if p.applies(flat)}
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from harness.stores import artifact_location
-from harness.study_state import StudyState
+from harness.study_state import StudyState, flat_config
 from harness.train import STATE_FILE
 
 # Short HTTP timeouts and few retries: the outbox does the waiting. No "View run ... at" line per
@@ -194,16 +194,6 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
-
-
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {
         key: float(value) for key, value in result.items()
@@ -313,7 +303,7 @@ class StageRuns:
         """The trial's run exists and holds the trial's params; returns the run."""
         run_id = self.run_id(client, trial)
         run = client.get_run(run_id)
-        params = {k: v for k, v in _flat(config).items() if k not in run.data.params}
+        params = {k: str(v) for k, v in flat_config(config).items() if k not in run.data.params}
         for chunk in _chunks([Param(k, v) for k, v in params.items()], 100):
             client.log_batch(run_id, params=chunk)
         self.counts.params += len(params)

@@ -21,21 +21,13 @@ import numpy as np
 import pandas as pd
 
 from harness.evaluate.statistics import paired_bootstrap_difference, paired_permutation_p
+from harness.study_state import flat_config
 from reports.comparison import correct_matrix
 from reports.study_folder import StudyFolder
 
 #: config keys that say where a study writes, not what it measures
 PLACES = ("study.output_dir", "study.name", "study.restart", "mlflow.", "sweep.optuna_storage",
           "data.cache_dir", "ray.")  # fmt: skip
-
-
-def _flat(config: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(config, dict):
-        flat: dict[str, str] = {}
-        for key, value in config.items():
-            flat.update(_flat(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: str(config)}
 
 
 def _node(config: Any, path: str) -> Any:
@@ -58,7 +50,7 @@ def differing_settings(studies: Sequence[StudyFolder]) -> dict[str, list[str]]:
     left out) -> its value in each study; a key some studies lack entirely is shown as the
     shallowest node they lack (e.g. a knob added to one study's search space), '—' where absent."""
     configs = [s.config for s in studies]
-    flats = [_flat(c) for c in configs]
+    flats = [{k: str(v) for k, v in flat_config(c).items()} for c in configs]
     keys = sorted({k for f in flats for k in f if not k.startswith(PLACES)})
     shown: dict[str, list[str]] = {}
     for key in keys:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from harness.config import ConfigError, compose, resolve_paths, validate_study
-from harness.sweep import main
+from harness.sweep import main, run_study
 
 
 def _validate(*overrides):
@@ -58,7 +58,7 @@ def test_cli_exits_2_before_starting_ray(capsys):
     assert not ray.is_initialized()
 
 
-def test_a_folder_another_driver_holds_is_refused_before_ray_starts(tmp_path, capsys):
+def test_a_folder_another_driver_holds_is_refused_before_ray_starts(tmp_path):
     """Two drivers in one study folder would resume and checkpoint the same trials: the second is
     refused, naming the first (its pid), before Ray starts; the first's kill -9 frees the folder
     (the operating system drops the lock with the process)."""
@@ -75,13 +75,13 @@ def test_a_folder_another_driver_holds_is_refused_before_ray_starts(tmp_path, ca
     )  # fmt: skip
     try:
         assert holder.stdout.readline() == "held\n"  # the event: the folder is held
-        tiny = ["data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
-                "data.synthetic.test_per_class=1", f"data.cache_dir={tmp_path / 'cache'}"]
-        assert main(["birds_video", "sweep=smoke", f"study.output_dir={folder}", *tiny]) == 2
-        err = capsys.readouterr().err
-        assert (f"error: study.output_dir: {folder} is in use by another study's driver (pid "
-                f"{holder.pid} on ") in err and "or choose another study.output_dir" in err
-        assert not ray.is_initialized()
+        cfg = _validate("sweep=smoke", f"study.output_dir={folder}")
+        with pytest.raises(ConfigError) as refused:  # before the data, Ray or any stage
+            run_study(cfg)
+        assert str(refused.value).startswith(
+            f"study.output_dir: {folder} is in use by another study's driver (pid {holder.pid} on ")
+        assert "or choose another study.output_dir" in str(refused.value)
+        assert not ray.is_initialized() and not (folder / "study_state.json").exists()
         with pytest.raises(FolderInUse):
             with hold_folder(folder):
                 pass
